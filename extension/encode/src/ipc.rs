@@ -1,0 +1,20 @@
+//! Framing: every message is one complete Arrow IPC stream (schema,
+//! record batch, end-of-stream marker), readable by any Arrow
+//! implementation's plain stream reader.
+
+use arrow_array::RecordBatch;
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::StreamWriter;
+use arrow_schema::ArrowError;
+
+/// Appends `batch` to `out` as one complete IPC stream.
+pub fn write_stream(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), ArrowError> {
+    let mut writer = StreamWriter::try_new(out, &batch.schema())?;
+    writer.write(batch)?;
+    writer.finish()
+}
+
+/// Reads every batch of one complete IPC stream.
+pub fn read_stream(bytes: &[u8]) -> Result<Vec<RecordBatch>, ArrowError> {
+    StreamReader::try_new(bytes, None)?.collect()
+}
