@@ -7,8 +7,8 @@ use crate::types::Kind;
 use arrow_array::builder::{ListBuilder, MapBuilder, StringBuilder};
 use arrow_array::types::Int8Type;
 use arrow_array::{
-    ArrayRef, DictionaryArray, Int8Array, RecordBatch, StringArray, StructArray,
-    TimestampMicrosecondArray, UInt32Array, UInt64Array,
+    ArrayRef, DictionaryArray, Int8Array, RecordBatch, StringArray, StructArray, TimestampMicrosecondArray,
+    UInt32Array, UInt64Array,
 };
 use arrow_buffer::NullBufferBuilder;
 use arrow_schema::{ArrowError, DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
@@ -55,21 +55,13 @@ impl ChangeSchema {
             Field::new(contract::LSN, DataType::UInt64, false),
             Field::new(contract::COMMIT_LSN, DataType::UInt64, false),
             Field::new(contract::XID, DataType::UInt32, false),
-            Field::new(
-                contract::COMMIT_TS,
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                false,
-            ),
+            Field::new(contract::COMMIT_TS, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
             Field::new(contract::SCHEMA, dictionary_type(), false),
             Field::new(contract::TABLE, dictionary_type(), false),
         ];
         fields.extend(table_fields.iter().cloned());
         if include_before {
-            fields.push(Field::new(
-                contract::BEFORE,
-                DataType::Struct(Fields::from(table_fields)),
-                true,
-            ));
+            fields.push(Field::new(contract::BEFORE, DataType::Struct(Fields::from(table_fields)), true));
         }
         fields.push(Field::new(contract::UNCHANGED, unchanged_type(), true));
         fields.push(Field::new(contract::UNMAPPED, unmapped_type(), true));
@@ -77,18 +69,10 @@ impl ChangeSchema {
             (contract::META_SCHEMA.to_owned(), spec.schema.clone()),
             (contract::META_TABLE.to_owned(), spec.table.clone()),
             (contract::META_RELID.to_owned(), spec.relid.to_string()),
-            (
-                contract::META_SCHEMA_FINGERPRINT.to_owned(),
-                format!("{fingerprint:016x}"),
-            ),
+            (contract::META_SCHEMA_FINGERPRINT.to_owned(), format!("{fingerprint:016x}")),
         ]);
         let arrow = Arc::new(Schema::new_with_metadata(fields, metadata));
-        ChangeSchema {
-            spec,
-            include_before,
-            arrow,
-            fingerprint,
-        }
+        ChangeSchema { spec, include_before, arrow, fingerprint }
     }
 
     pub fn spec(&self) -> &TableSpec {
@@ -197,17 +181,8 @@ const ROW_OVERHEAD: usize = 40;
 
 impl ChangeBatchBuilder {
     pub fn new(schema: Arc<ChangeSchema>) -> ChangeBatchBuilder {
-        let columns = || {
-            schema
-                .spec
-                .columns
-                .iter()
-                .map(|c| Column::new(c.kind))
-                .collect::<Vec<_>>()
-        };
-        let before = schema
-            .include_before
-            .then(|| (columns(), NullBufferBuilder::new(0)));
+        let columns = || schema.spec.columns.iter().map(|c| Column::new(c.kind)).collect::<Vec<_>>();
+        let before = schema.include_before.then(|| (columns(), NullBufferBuilder::new(0)));
         ChangeBatchBuilder {
             columns: columns(),
             before,
@@ -248,15 +223,9 @@ impl ChangeBatchBuilder {
         self.lsns.push(meta.lsn);
         self.commit_lsns.push(meta.commit_lsn);
         self.xids.push(meta.xid);
-        self.commit_times
-            .push(datetime::timestamp(meta.commit_time).unwrap_or(meta.commit_time));
+        self.commit_times.push(datetime::timestamp(meta.commit_time).unwrap_or(meta.commit_time));
         self.bytes += ROW_OVERHEAD;
-        Row {
-            batch: self,
-            old_values: 0,
-            unchanged: Vec::new(),
-            unmapped: Vec::new(),
-        }
+        Row { batch: self, old_values: 0, unchanged: Vec::new(), unmapped: Vec::new() }
     }
 
     /// The batch of every row since the last `finish`; the builder is then
@@ -265,10 +234,7 @@ impl ChangeBatchBuilder {
         let rows = self.ops.len();
         let name_dictionary = |name: &str| -> ArrayRef {
             let keys = Int8Array::from(vec![0i8; rows]);
-            Arc::new(DictionaryArray::<Int8Type>::new(
-                keys,
-                Arc::new(StringArray::from(vec![name])),
-            ))
+            Arc::new(DictionaryArray::<Int8Type>::new(keys, Arc::new(StringArray::from(vec![name]))))
         };
         let op_values: Vec<&str> = Op::ALL.iter().map(|op| op.code()).collect();
         let mut arrays: Vec<ArrayRef> = vec![
@@ -279,30 +245,18 @@ impl ChangeBatchBuilder {
             Arc::new(UInt64Array::from(std::mem::take(&mut self.lsns))),
             Arc::new(UInt64Array::from(std::mem::take(&mut self.commit_lsns))),
             Arc::new(UInt32Array::from(std::mem::take(&mut self.xids))),
-            Arc::new(
-                TimestampMicrosecondArray::from(std::mem::take(&mut self.commit_times))
-                    .with_timezone("UTC"),
-            ),
+            Arc::new(TimestampMicrosecondArray::from(std::mem::take(&mut self.commit_times)).with_timezone("UTC")),
             name_dictionary(&self.schema.spec.schema),
             name_dictionary(&self.schema.spec.table),
         ];
         arrays.extend(self.columns.iter_mut().map(Column::finish));
         if let Some((columns, validity)) = &mut self.before {
-            let DataType::Struct(fields) = self
-                .schema
-                .arrow
-                .field_with_name(contract::BEFORE)?
-                .data_type()
-                .clone()
+            let DataType::Struct(fields) = self.schema.arrow.field_with_name(contract::BEFORE)?.data_type().clone()
             else {
                 return Err(ArrowError::SchemaError("_before is not a struct".into()));
             };
             let children = columns.iter_mut().map(Column::finish).collect();
-            arrays.push(Arc::new(StructArray::try_new(
-                fields,
-                children,
-                validity.finish(),
-            )?));
+            arrays.push(Arc::new(StructArray::try_new(fields, children, validity.finish())?));
         }
         arrays.push(Arc::new(self.unchanged.finish()));
         arrays.push(Arc::new(self.unmapped.finish()));
@@ -325,10 +279,7 @@ impl Row<'_> {
             Image::New => self.batch.columns.get_mut(index),
             Image::Old => {
                 self.old_values += 1;
-                self.batch
-                    .before
-                    .as_mut()
-                    .and_then(|(columns, _)| columns.get_mut(index))
+                self.batch.before.as_mut().and_then(|(columns, _)| columns.get_mut(index))
             }
         }
     }
@@ -341,36 +292,20 @@ impl Row<'_> {
             Some(Column::Scalar(c)) => c.push(value),
             Some(column @ Column::List(_)) => {
                 column.push_null();
-                Err(PushError::WrongValue {
-                    expected: crate::types::Scalar::Other,
-                    got: "scalar for a list column",
-                })
+                Err(PushError::WrongValue { expected: crate::types::Scalar::Other, got: "scalar for a list column" })
             }
             None => Ok(()),
         }
     }
 
     /// Appends a one-dimensional array value.
-    pub fn list(
-        &mut self,
-        image: Image,
-        index: usize,
-        elements: &[Option<Value<'_>>],
-    ) -> Result<(), PushError> {
-        self.batch.bytes += elements
-            .iter()
-            .flatten()
-            .map(Value::approx_size)
-            .sum::<usize>()
-            + 4;
+    pub fn list(&mut self, image: Image, index: usize, elements: &[Option<Value<'_>>]) -> Result<(), PushError> {
+        self.batch.bytes += elements.iter().flatten().map(Value::approx_size).sum::<usize>() + 4;
         match self.column(image, index) {
             Some(Column::List(c)) => c.push(elements),
             Some(column @ Column::Scalar(_)) => {
                 column.push_null();
-                Err(PushError::WrongValue {
-                    expected: crate::types::Scalar::Other,
-                    got: "list for a scalar column",
-                })
+                Err(PushError::WrongValue { expected: crate::types::Scalar::Other, got: "list for a scalar column" })
             }
             None => Ok(()),
         }
@@ -400,12 +335,7 @@ impl Row<'_> {
 
     /// Completes the row. Without any old-image value, `_before` is null.
     pub fn finish(self) {
-        let Row {
-            batch,
-            old_values,
-            unchanged,
-            unmapped,
-        } = self;
+        let Row { batch, old_values, unchanged, unmapped } = self;
         if let Some((columns, validity)) = &mut batch.before {
             if old_values == 0 {
                 columns.iter_mut().for_each(Column::push_null);
@@ -450,27 +380,15 @@ mod tests {
     use arrow_array::Array;
 
     fn spec() -> TableSpec {
-        let col = |name: &str, pg_type: &str, kind, key| ColumnSpec {
-            name: name.into(),
-            pg_type: pg_type.into(),
-            kind,
-            key,
-        };
+        let col =
+            |name: &str, pg_type: &str, kind, key| ColumnSpec { name: name.into(), pg_type: pg_type.into(), kind, key };
         TableSpec {
             schema: "Public Schema".into(),
             table: "orders.v2".into(),
             relid: 16_384,
             columns: vec![
                 col("id", "integer", Kind::Scalar(Scalar::Int32), true),
-                col(
-                    "amount",
-                    "numeric(12,2)",
-                    Kind::Scalar(Scalar::Decimal128 {
-                        precision: 12,
-                        scale: 2,
-                    }),
-                    false,
-                ),
+                col("amount", "numeric(12,2)", Kind::Scalar(Scalar::Decimal128 { precision: 12, scale: 2 }), false),
                 col("note", "text", Kind::Scalar(Scalar::Text), false),
                 col("tags", "integer[]", Kind::List(Scalar::Int32), false),
             ],
@@ -478,13 +396,7 @@ mod tests {
     }
 
     fn meta(op: Op, lsn: u64) -> RowMeta {
-        RowMeta {
-            op,
-            lsn,
-            commit_lsn: 1000,
-            xid: 77,
-            commit_time: 0,
-        }
+        RowMeta { op, lsn, commit_lsn: 1000, xid: 77, commit_time: 0 }
     }
 
     #[test]
@@ -497,20 +409,15 @@ mod tests {
         let mut row = b.row(meta(Op::Insert, 10));
         row.value(Image::New, 0, Value::Int32(1)).unwrap();
         row.value(Image::New, 1, Value::Numeric(&amount)).unwrap();
-        row.value(Image::New, 2, Value::Text("héllo".as_bytes()))
-            .unwrap();
-        row.list(Image::New, 3, &[Some(Value::Int32(5)), None])
-            .unwrap();
+        row.value(Image::New, 2, Value::Text("héllo".as_bytes())).unwrap();
+        row.list(Image::New, 3, &[Some(Value::Int32(5)), None]).unwrap();
         row.finish();
 
         let mut row = b.row(meta(Op::Update, 20));
         row.value(Image::New, 0, Value::Int32(1)).unwrap();
         assert_eq!(
             row.value(Image::New, 1, Value::Numeric(&nan)),
-            Err(PushError::Unrepresentable(Scalar::Decimal128 {
-                precision: 12,
-                scale: 2
-            }))
+            Err(PushError::Unrepresentable(Scalar::Decimal128 { precision: 12, scale: 2 }))
         );
         row.unmapped(Image::New, 1, "NaN".into());
         row.unchanged(Image::New, 2);
@@ -534,41 +441,20 @@ mod tests {
         assert_eq!(meta[contract::META_SCHEMA], "Public Schema");
         assert_eq!(meta[contract::META_TABLE], "orders.v2");
         assert_eq!(meta[contract::META_RELID], "16384");
-        assert_eq!(
-            meta[contract::META_SCHEMA_FINGERPRINT],
-            format!("{:016x}", schema.fingerprint())
-        );
+        assert_eq!(meta[contract::META_SCHEMA_FINGERPRINT], format!("{:016x}", schema.fingerprint()));
 
-        let ops = batch
-            .column_by_name(contract::OP)
-            .unwrap()
-            .as_dictionary::<Int8Type>();
+        let ops = batch.column_by_name(contract::OP).unwrap().as_dictionary::<Int8Type>();
         let op_values = ops.values().as_string::<i32>();
-        let op_codes: Vec<_> = ops
-            .keys()
-            .values()
-            .iter()
-            .map(|k| op_values.value(*k as usize))
-            .collect();
+        let op_codes: Vec<_> = ops.keys().values().iter().map(|k| op_values.value(*k as usize)).collect();
         assert_eq!(op_codes, ["c", "u"]);
         assert_eq!(
-            batch
-                .column_by_name(contract::LSN)
-                .unwrap()
-                .as_primitive::<arrow_array::types::UInt64Type>()
-                .values(),
+            batch.column_by_name(contract::LSN).unwrap().as_primitive::<arrow_array::types::UInt64Type>().values(),
             &[10, 20]
         );
-        let ts = batch
-            .column_by_name(contract::COMMIT_TS)
-            .unwrap()
-            .as_primitive::<TimestampMicrosecondType>();
+        let ts = batch.column_by_name(contract::COMMIT_TS).unwrap().as_primitive::<TimestampMicrosecondType>();
         assert_eq!(ts.value(0), datetime::EPOCH_SHIFT_MICROS);
 
-        let amounts = batch
-            .column_by_name("amount")
-            .unwrap()
-            .as_primitive::<Decimal128Type>();
+        let amounts = batch.column_by_name("amount").unwrap().as_primitive::<Decimal128Type>();
         assert_eq!(amounts.value(0), 1234);
         assert!(amounts.is_null(1));
         let notes = batch.column_by_name("note").unwrap().as_string::<i32>();
@@ -577,29 +463,16 @@ mod tests {
         let tags = batch.column_by_name("tags").unwrap().as_list::<i32>();
         let first = tags.value(0);
         let first = first.as_primitive::<Int32Type>();
-        assert_eq!(
-            (first.len(), first.value(0), first.is_null(1)),
-            (2, 5, true)
-        );
+        assert_eq!((first.len(), first.value(0), first.is_null(1)), (2, 5, true));
         assert_eq!(tags.value(1).len(), 0);
         assert!(!tags.is_null(1), "an empty array is not NULL");
 
         let before = batch.column_by_name(contract::BEFORE).unwrap().as_struct();
         assert!(before.is_null(0));
         assert!(before.is_valid(1));
-        assert_eq!(
-            before
-                .column_by_name("amount")
-                .unwrap()
-                .as_primitive::<Decimal128Type>()
-                .value(1),
-            1234
-        );
+        assert_eq!(before.column_by_name("amount").unwrap().as_primitive::<Decimal128Type>().value(1), 1234);
 
-        let unchanged = batch
-            .column_by_name(contract::UNCHANGED)
-            .unwrap()
-            .as_list::<i32>();
+        let unchanged = batch.column_by_name(contract::UNCHANGED).unwrap().as_list::<i32>();
         assert!(unchanged.is_null(0));
         assert_eq!(unchanged.value(1).as_string::<i32>().value(0), "note");
         let unmapped = batch.column_by_name(contract::UNMAPPED).unwrap().as_map();
@@ -611,10 +484,7 @@ mod tests {
         let field = batch.schema().field_with_name("amount").unwrap().clone();
         assert_eq!(field.metadata()[contract::FIELD_PG_TYPE], "numeric(12,2)");
         assert!(!field.metadata().contains_key(contract::FIELD_PG_KEY));
-        assert_eq!(
-            batch.schema().field_with_name("id").unwrap().metadata()[contract::FIELD_PG_KEY],
-            "true"
-        );
+        assert_eq!(batch.schema().field_with_name("id").unwrap().metadata()[contract::FIELD_PG_KEY], "true");
     }
 
     #[test]
@@ -625,14 +495,8 @@ mod tests {
         assert_ne!(with.fingerprint(), without.fingerprint());
         let mut changed = spec();
         changed.columns[2].pg_type = "character varying(10)".into();
-        assert_ne!(
-            ChangeSchema::new(changed, true).fingerprint(),
-            with.fingerprint()
-        );
-        assert_eq!(
-            ChangeSchema::new(spec(), true).fingerprint(),
-            with.fingerprint()
-        );
+        assert_ne!(ChangeSchema::new(changed, true).fingerprint(), with.fingerprint());
+        assert_eq!(ChangeSchema::new(spec(), true).fingerprint(), with.fingerprint());
 
         let mut b = ChangeBatchBuilder::new(Arc::new(without));
         let mut row = b.row(meta(Op::Truncate, 5));
@@ -651,44 +515,24 @@ mod tests {
         columns.push(ColumnSpec {
             name: "prices".into(),
             pg_type: "numeric(5,2)[]".into(),
-            kind: Kind::List(Scalar::Decimal128 {
-                precision: 5,
-                scale: 2,
-            }),
+            kind: Kind::List(Scalar::Decimal128 { precision: 5, scale: 2 }),
             key: false,
         });
-        let mut b = ChangeBatchBuilder::new(Arc::new(ChangeSchema::new(
-            TableSpec { columns, ..spec() },
-            false,
-        )));
+        let mut b = ChangeBatchBuilder::new(Arc::new(ChangeSchema::new(TableSpec { columns, ..spec() }, false)));
         let one = long_form(false, 0, 0, &[1]);
         let nan = 0xC000u16.to_le_bytes();
         let mut row = b.row(meta(Op::Insert, 1));
         row.value(Image::New, 0, Value::Int32(1)).unwrap();
-        assert!(row
-            .list(
-                Image::New,
-                1,
-                &[Some(Value::Numeric(&one)), Some(Value::Numeric(&nan))]
-            )
-            .is_err());
+        assert!(row.list(Image::New, 1, &[Some(Value::Numeric(&one)), Some(Value::Numeric(&nan))]).is_err());
         row.finish();
         let mut row = b.row(meta(Op::Insert, 2));
         row.value(Image::New, 0, Value::Int32(2)).unwrap();
-        row.list(Image::New, 1, &[Some(Value::Numeric(&one))])
-            .unwrap();
+        row.list(Image::New, 1, &[Some(Value::Numeric(&one))]).unwrap();
         row.finish();
         let batch = b.finish().unwrap();
         let prices = batch.column(8).as_list::<i32>();
         assert!(prices.is_null(0));
-        assert_eq!(
-            prices.value(1).as_primitive::<Decimal128Type>().value(0),
-            100
-        );
-        assert_eq!(
-            prices.value(1).len(),
-            1,
-            "no element of the refused list leaked into the next"
-        );
+        assert_eq!(prices.value(1).as_primitive::<Decimal128Type>().value(0), 100);
+        assert_eq!(prices.value(1).len(), 1, "no element of the refused list leaked into the next");
     }
 }

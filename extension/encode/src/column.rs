@@ -10,10 +10,9 @@
 use crate::pgformat::{datetime, numeric, varlena, FormatError};
 use crate::types::{Kind, Scalar};
 use arrow_array::builder::{
-    BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Decimal256Builder,
-    FixedSizeBinaryBuilder, Float32Builder, Float64Builder, Int16Builder, Int32Builder,
-    Int64Builder, IntervalMonthDayNanoBuilder, StringBuilder, Time64MicrosecondBuilder,
-    TimestampMicrosecondBuilder, UInt32Builder,
+    BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Decimal256Builder, FixedSizeBinaryBuilder,
+    Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder, IntervalMonthDayNanoBuilder,
+    StringBuilder, Time64MicrosecondBuilder, TimestampMicrosecondBuilder, UInt32Builder,
 };
 use arrow_array::{ArrayRef, ListArray};
 use arrow_buffer::{i256, IntervalMonthDayNano, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
@@ -59,15 +58,9 @@ impl<'a> Value<'a> {
     /// unmapped) cannot be read this way.
     pub fn from_storage(scalar: Scalar, bytes: &'a [u8]) -> Result<Value<'a>, FormatError> {
         fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], FormatError> {
-            bytes
-                .get(..N)
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| {
-                    FormatError::new(
-                        "fixed-size value",
-                        format!("{N} bytes needed, {} present", bytes.len()),
-                    )
-                })
+            bytes.get(..N).and_then(|b| b.try_into().ok()).ok_or_else(|| {
+                FormatError::new("fixed-size value", format!("{N} bytes needed, {} present", bytes.len()))
+            })
         }
         Ok(match scalar {
             Scalar::Bool => Value::Bool(fixed::<1>(bytes)?[0] != 0),
@@ -88,27 +81,14 @@ impl<'a> Value<'a> {
             }
             Scalar::Date => Value::Date(i32::from_le_bytes(fixed(bytes)?)),
             Scalar::Time => Value::Time(i64::from_le_bytes(fixed(bytes)?)),
-            Scalar::Timestamp | Scalar::TimestampTz => {
-                Value::Timestamp(i64::from_le_bytes(fixed(bytes)?))
-            }
+            Scalar::Timestamp | Scalar::TimestampTz => Value::Timestamp(i64::from_le_bytes(fixed(bytes)?)),
             Scalar::Interval => {
                 let (micros, days, months) = datetime::interval_fields(bytes)?;
-                Value::Interval {
-                    micros,
-                    days,
-                    months,
-                }
+                Value::Interval { micros, days, months }
             }
-            Scalar::Uuid => Value::Uuid(
-                bytes
-                    .get(..16)
-                    .ok_or_else(|| FormatError::new("uuid", "16 bytes needed"))?,
-            ),
+            Scalar::Uuid => Value::Uuid(bytes.get(..16).ok_or_else(|| FormatError::new("uuid", "16 bytes needed"))?),
             Scalar::Jsonb | Scalar::Enum | Scalar::Other => {
-                return Err(FormatError::new(
-                    "value",
-                    format!("{scalar:?} is read through its output function"),
-                ))
+                return Err(FormatError::new("value", format!("{scalar:?} is read through its output function")))
             }
         })
     }
@@ -191,16 +171,12 @@ impl ScalarColumn {
             Scalar::Float64 => Store::F64(Float64Builder::new()),
             // The mapping only produces valid (precision, scale) pairs; the
             // builder's own check is the fallback that keeps this total.
-            Scalar::Decimal128 { precision, scale } => Store::D128(
-                Decimal128Builder::new()
-                    .with_precision_and_scale(precision, scale)
-                    .unwrap_or_default(),
-            ),
-            Scalar::Decimal256 { precision, scale } => Store::D256(
-                Decimal256Builder::new()
-                    .with_precision_and_scale(precision, scale)
-                    .unwrap_or_default(),
-            ),
+            Scalar::Decimal128 { precision, scale } => {
+                Store::D128(Decimal128Builder::new().with_precision_and_scale(precision, scale).unwrap_or_default())
+            }
+            Scalar::Decimal256 { precision, scale } => {
+                Store::D256(Decimal256Builder::new().with_precision_and_scale(precision, scale).unwrap_or_default())
+            }
             Scalar::NumericText
             | Scalar::Text
             | Scalar::Name
@@ -212,9 +188,7 @@ impl ScalarColumn {
             Scalar::Date => Store::Date(Date32Builder::new()),
             Scalar::Time => Store::Time(Time64MicrosecondBuilder::new()),
             Scalar::Timestamp => Store::Ts(TimestampMicrosecondBuilder::new()),
-            Scalar::TimestampTz => {
-                Store::Ts(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
-            }
+            Scalar::TimestampTz => Store::Ts(TimestampMicrosecondBuilder::new().with_timezone("UTC")),
             Scalar::Interval => Store::Interval(IntervalMonthDayNanoBuilder::new()),
             Scalar::Uuid => Store::Fixed(FixedSizeBinaryBuilder::new(16)),
         };
@@ -288,53 +262,32 @@ impl ScalarColumn {
             (Scalar::Oid, Value::Oid(v)) => Cell::U32(v),
             (Scalar::Float32, Value::Float32(v)) => Cell::F32(v),
             (Scalar::Float64, Value::Float64(v)) => Cell::F64(v),
-            (Scalar::Decimal128 { precision, scale }, Value::Numeric(b)) => Cell::D128(
-                numeric::parse(b)?
-                    .to_decimal128(precision, scale)
-                    .ok_or_else(refused)?,
-            ),
-            (Scalar::Decimal256 { precision, scale }, Value::Numeric(b)) => Cell::D256(
-                numeric::parse(b)?
-                    .to_decimal256(precision, scale)
-                    .ok_or_else(refused)?,
-            ),
+            (Scalar::Decimal128 { precision, scale }, Value::Numeric(b)) => {
+                Cell::D128(numeric::parse(b)?.to_decimal128(precision, scale).ok_or_else(refused)?)
+            }
+            (Scalar::Decimal256 { precision, scale }, Value::Numeric(b)) => {
+                Cell::D256(numeric::parse(b)?.to_decimal256(precision, scale).ok_or_else(refused)?)
+            }
             (Scalar::NumericText, Value::Numeric(b)) => {
                 let mut text = String::new();
                 numeric::parse(b)?.write_text(&mut text);
                 Cell::Str(Cow::Owned(text))
             }
             (
-                Scalar::Text
-                | Scalar::Name
-                | Scalar::Json
-                | Scalar::Jsonb
-                | Scalar::Enum
-                | Scalar::Other,
+                Scalar::Text | Scalar::Name | Scalar::Json | Scalar::Jsonb | Scalar::Enum | Scalar::Other,
                 Value::Text(b),
-            ) => Cell::Str(Cow::Borrowed(
-                std::str::from_utf8(b).map_err(|_| refused())?,
-            )),
+            ) => Cell::Str(Cow::Borrowed(std::str::from_utf8(b).map_err(|_| refused())?)),
             (Scalar::Bytea, Value::Bytes(b)) => Cell::Bin(b),
             (Scalar::Date, Value::Date(d)) => Cell::I32(datetime::date(d).ok_or_else(refused)?),
             (Scalar::Time, Value::Time(t)) => Cell::I64(t),
             (Scalar::Timestamp | Scalar::TimestampTz, Value::Timestamp(t)) => {
                 Cell::I64(datetime::timestamp(t).ok_or_else(refused)?)
             }
-            (
-                Scalar::Interval,
-                Value::Interval {
-                    micros,
-                    days,
-                    months,
-                },
-            ) => Cell::Interval(datetime::interval(micros, days, months).ok_or_else(refused)?),
-            (Scalar::Uuid, Value::Uuid(b)) if b.len() == 16 => Cell::Bin(b),
-            (expected, got) => {
-                return Err(PushError::WrongValue {
-                    expected,
-                    got: variant_name(&got),
-                })
+            (Scalar::Interval, Value::Interval { micros, days, months }) => {
+                Cell::Interval(datetime::interval(micros, days, months).ok_or_else(refused)?)
             }
+            (Scalar::Uuid, Value::Uuid(b)) if b.len() == 16 => Cell::Bin(b),
+            (expected, got) => return Err(PushError::WrongValue { expected, got: variant_name(&got) }),
         };
         Ok(cell)
     }
@@ -453,10 +406,8 @@ impl ListColumn {
 
     /// Appends a list, or a null and the reason one element was refused.
     pub fn push(&mut self, elements: &[Option<Value<'_>>]) -> Result<(), PushError> {
-        let cells: Result<Vec<Option<Cell<'_>>>, PushError> = elements
-            .iter()
-            .map(|e| e.map(|v| self.values.convert(v)).transpose())
-            .collect();
+        let cells: Result<Vec<Option<Cell<'_>>>, PushError> =
+            elements.iter().map(|e| e.map(|v| self.values.convert(v)).transpose()).collect();
         let cells = match cells {
             Ok(cells) => cells,
             Err(e) => {

@@ -26,12 +26,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            publication_names: None,
-            include_before: true,
-            batch_rows: 65_536,
-            batch_bytes: 8 << 20,
-        }
+        Options { publication_names: None, include_before: true, batch_rows: 65_536, batch_bytes: 8 << 20 }
     }
 }
 
@@ -51,11 +46,7 @@ pub enum OptionError {
     #[error("wal2arrow option \"{name}\" needs a value")]
     Missing { name: String },
     #[error("invalid value \"{value}\" for wal2arrow option \"{name}\": {expected}")]
-    Invalid {
-        name: String,
-        value: String,
-        expected: String,
-    },
+    Invalid { name: String, value: String, expected: String },
 }
 
 impl OptionError {
@@ -75,27 +66,18 @@ impl OptionError {
 impl Options {
     /// Parses `(name, value)` pairs; a `None` value is an option given
     /// without one.
-    pub fn parse<'a>(
-        pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
-    ) -> Result<Options, OptionError> {
+    pub fn parse<'a>(pairs: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> Result<Options, OptionError> {
         let mut options = Options::default();
         let mut seen = HashSet::new();
         for (name, value) in pairs {
             if !seen.insert(name.to_owned()) {
                 return Err(OptionError::Repeated(name.to_owned()));
             }
-            let known = [
-                "publication_names",
-                "include_before",
-                "batch_rows",
-                "batch_bytes",
-            ];
+            let known = ["publication_names", "include_before", "batch_rows", "batch_bytes"];
             if !known.contains(&name) {
                 return Err(OptionError::Unknown(name.to_owned()));
             }
-            let value = value.ok_or_else(|| OptionError::Missing {
-                name: name.to_owned(),
-            })?;
+            let value = value.ok_or_else(|| OptionError::Missing { name: name.to_owned() })?;
             let invalid = |expected: &str| OptionError::Invalid {
                 name: name.to_owned(),
                 value: value.to_owned(),
@@ -107,21 +89,16 @@ impl Options {
                     options.publication_names = Some(names);
                 }
                 "include_before" => {
-                    options.include_before = parse_bool(value)
-                        .ok_or_else(|| invalid("expected a boolean (true/false, on/off, 1/0)"))?
+                    options.include_before =
+                        parse_bool(value).ok_or_else(|| invalid("expected a boolean (true/false, on/off, 1/0)"))?
                 }
                 "batch_rows" => {
-                    options.batch_rows = parse_count(value, 1, MAX_BATCH_ROWS).ok_or_else(|| {
-                        invalid(&format!("expected an integer from 1 to {MAX_BATCH_ROWS}"))
-                    })?
+                    options.batch_rows = parse_count(value, 1, MAX_BATCH_ROWS)
+                        .ok_or_else(|| invalid(&format!("expected an integer from 1 to {MAX_BATCH_ROWS}")))?
                 }
                 _ => {
-                    options.batch_bytes =
-                        parse_count(value, 1024, MAX_BATCH_BYTES).ok_or_else(|| {
-                            invalid(&format!(
-                                "expected an integer from 1024 to {MAX_BATCH_BYTES}"
-                            ))
-                        })?
+                    options.batch_bytes = parse_count(value, 1024, MAX_BATCH_BYTES)
+                        .ok_or_else(|| invalid(&format!("expected an integer from 1024 to {MAX_BATCH_BYTES}")))?
                 }
             }
         }
@@ -130,11 +107,7 @@ impl Options {
 }
 
 fn parse_count(value: &str, min: usize, max: usize) -> Option<usize> {
-    value
-        .trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|n| (min..=max).contains(n))
+    value.trim().parse::<usize>().ok().filter(|n| (min..=max).contains(n))
 }
 
 /// PostgreSQL's boolean spellings (`parse_bool`), without prefixes.
@@ -196,10 +169,7 @@ mod tests {
             ("batch_bytes", Some("4096")),
         ])
         .unwrap();
-        assert_eq!(
-            o.publication_names,
-            Some(vec!["pub_a".into(), "Pub,B".into()])
-        );
+        assert_eq!(o.publication_names, Some(vec!["pub_a".into(), "Pub,B".into()]));
         assert!(!o.include_before);
         assert_eq!((o.batch_rows, o.batch_bytes), (100, 4096));
     }
@@ -207,29 +177,17 @@ mod tests {
     #[test]
     fn errors_name_the_option() {
         let e = Options::parse([("batch_size", Some("1"))]).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "wal2arrow does not know the option \"batch_size\""
-        );
+        assert_eq!(e.to_string(), "wal2arrow does not know the option \"batch_size\"");
         assert!(e.hint().contains("batch_rows"));
         let e = Options::parse([("batch_rows", Some("0"))]).unwrap_err();
-        assert_eq!(e.to_string(), "invalid value \"0\" for wal2arrow option \"batch_rows\": expected an integer from 1 to 10000000");
-        assert!(matches!(
-            Options::parse([("batch_rows", Some("ten"))]),
-            Err(OptionError::Invalid { .. })
-        ));
-        assert!(matches!(
-            Options::parse([("batch_bytes", Some("1"))]),
-            Err(OptionError::Invalid { .. })
-        ));
-        assert!(matches!(
-            Options::parse([("include_before", Some("maybe"))]),
-            Err(OptionError::Invalid { .. })
-        ));
-        assert!(matches!(
-            Options::parse([("include_before", None)]),
-            Err(OptionError::Missing { .. })
-        ));
+        assert_eq!(
+            e.to_string(),
+            "invalid value \"0\" for wal2arrow option \"batch_rows\": expected an integer from 1 to 10000000"
+        );
+        assert!(matches!(Options::parse([("batch_rows", Some("ten"))]), Err(OptionError::Invalid { .. })));
+        assert!(matches!(Options::parse([("batch_bytes", Some("1"))]), Err(OptionError::Invalid { .. })));
+        assert!(matches!(Options::parse([("include_before", Some("maybe"))]), Err(OptionError::Invalid { .. })));
+        assert!(matches!(Options::parse([("include_before", None)]), Err(OptionError::Missing { .. })));
         assert!(matches!(
             Options::parse([("batch_rows", Some("1")), ("batch_rows", Some("2"))]),
             Err(OptionError::Repeated(_))

@@ -261,13 +261,7 @@ mod tests {
     use super::*;
 
     fn t(oid: u32, typmod: i32) -> PgType {
-        PgType {
-            oid,
-            typmod,
-            name: String::new(),
-            typtype: b'b',
-            element: None,
-        }
+        PgType { oid, typmod, name: String::new(), typtype: b'b', element: None }
     }
 
     /// typmod as PostgreSQL's `numeric(p,s)` input function builds it.
@@ -277,99 +271,54 @@ mod tests {
 
     #[test]
     fn numeric_typmods_map_to_decimals_or_text() {
-        assert_eq!(
-            Kind::of(&t(oid::NUMERIC, -1)),
-            Kind::Scalar(Scalar::NumericText)
-        );
+        assert_eq!(Kind::of(&t(oid::NUMERIC, -1)), Kind::Scalar(Scalar::NumericText));
         assert_eq!(
             Kind::of(&t(oid::NUMERIC, numeric_typmod(12, 2))),
-            Kind::Scalar(Scalar::Decimal128 {
-                precision: 12,
-                scale: 2
-            })
+            Kind::Scalar(Scalar::Decimal128 { precision: 12, scale: 2 })
         );
         assert_eq!(
             Kind::of(&t(oid::NUMERIC, numeric_typmod(38, 0))),
-            Kind::Scalar(Scalar::Decimal128 {
-                precision: 38,
-                scale: 0
-            })
+            Kind::Scalar(Scalar::Decimal128 { precision: 38, scale: 0 })
         );
         assert_eq!(
             Kind::of(&t(oid::NUMERIC, numeric_typmod(40, 10))),
-            Kind::Scalar(Scalar::Decimal256 {
-                precision: 40,
-                scale: 10
-            })
+            Kind::Scalar(Scalar::Decimal256 { precision: 40, scale: 10 })
         );
         assert_eq!(
             Kind::of(&t(oid::NUMERIC, numeric_typmod(76, 76))),
-            Kind::Scalar(Scalar::Decimal256 {
-                precision: 76,
-                scale: 76
-            })
+            Kind::Scalar(Scalar::Decimal256 { precision: 76, scale: 76 })
         );
-        assert_eq!(
-            Kind::of(&t(oid::NUMERIC, numeric_typmod(77, 0))),
-            Kind::Scalar(Scalar::NumericText)
-        );
-        assert_eq!(
-            Kind::of(&t(oid::NUMERIC, numeric_typmod(1000, 0))),
-            Kind::Scalar(Scalar::NumericText)
-        );
+        assert_eq!(Kind::of(&t(oid::NUMERIC, numeric_typmod(77, 0))), Kind::Scalar(Scalar::NumericText));
+        assert_eq!(Kind::of(&t(oid::NUMERIC, numeric_typmod(1000, 0))), Kind::Scalar(Scalar::NumericText));
         assert_eq!(
             Kind::of(&t(oid::NUMERIC, numeric_typmod(2, -3))),
-            Kind::Scalar(Scalar::Decimal128 {
-                precision: 2,
-                scale: -3
-            })
+            Kind::Scalar(Scalar::Decimal128 { precision: 2, scale: -3 })
         );
         assert_eq!(
             Kind::of(&t(oid::NUMERIC, numeric_typmod(3, 5))),
-            Kind::Scalar(Scalar::Decimal128 {
-                precision: 5,
-                scale: 5
-            })
+            Kind::Scalar(Scalar::Decimal128 { precision: 5, scale: 5 })
         );
     }
 
     #[test]
     fn arrays_of_mapped_types_are_lists_and_others_text() {
-        let int_array = PgType {
-            element: Some(Box::new(t(oid::INT4, -1))),
-            ..t(1007, -1)
-        };
+        let int_array = PgType { element: Some(Box::new(t(oid::INT4, -1))), ..t(1007, -1) };
         assert_eq!(Kind::of(&int_array), Kind::List(Scalar::Int32));
         assert_eq!(
             Kind::of(&int_array).data_type(),
             DataType::List(Arc::new(Field::new("item", DataType::Int32, true)))
         );
-        let inet_array = PgType {
-            element: Some(Box::new(t(869, -1))),
-            ..t(1041, -1)
-        };
+        let inet_array = PgType { element: Some(Box::new(t(869, -1))), ..t(1041, -1) };
         assert_eq!(Kind::of(&inet_array), Kind::Scalar(Scalar::Other));
-        let enum_array = PgType {
-            element: Some(Box::new(PgType {
-                typtype: b'e',
-                ..t(50000, -1)
-            })),
-            ..t(50001, -1)
-        };
+        let enum_array = PgType { element: Some(Box::new(PgType { typtype: b'e', ..t(50000, -1) })), ..t(50001, -1) };
         assert_eq!(Kind::of(&enum_array), Kind::List(Scalar::Enum));
     }
 
     #[test]
     fn names_and_categories() {
-        let citext = PgType {
-            name: "citext".into(),
-            ..t(60000, -1)
-        };
+        let citext = PgType { name: "citext".into(), ..t(60000, -1) };
         assert_eq!(Scalar::of(&citext), Scalar::Text);
-        let composite = PgType {
-            typtype: b'c',
-            ..t(60001, -1)
-        };
+        let composite = PgType { typtype: b'c', ..t(60001, -1) };
         assert_eq!(Scalar::of(&composite), Scalar::Other);
         assert_eq!(Scalar::of(&t(oid::OID, -1)).data_type(), DataType::UInt32);
         assert_eq!(
@@ -381,17 +330,9 @@ mod tests {
     #[test]
     fn extension_types_are_on_fields_and_list_items() {
         let f = Scalar::Uuid.field("id");
-        assert_eq!(
-            f.metadata().get(EXTENSION_NAME_KEY).map(String::as_str),
-            Some("arrow.uuid")
-        );
-        let DataType::List(item) = Kind::List(Scalar::Jsonb).data_type() else {
-            panic!()
-        };
-        assert_eq!(
-            item.metadata().get(EXTENSION_NAME_KEY).map(String::as_str),
-            Some("arrow.json")
-        );
+        assert_eq!(f.metadata().get(EXTENSION_NAME_KEY).map(String::as_str), Some("arrow.uuid"));
+        let DataType::List(item) = Kind::List(Scalar::Jsonb).data_type() else { panic!() };
+        assert_eq!(item.metadata().get(EXTENSION_NAME_KEY).map(String::as_str), Some("arrow.json"));
         assert!(Scalar::Int32.field("x").metadata().is_empty());
     }
 }

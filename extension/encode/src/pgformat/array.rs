@@ -47,15 +47,9 @@ impl<'a> Array<'a> {
             .ok_or_else(|| FormatError::new("array", "dimension count outside 0..6"))?;
         let data_offset = int(4)?;
         let element_type = u32::from_le_bytes(take::<4>(payload, 8, "array")?);
-        let dims = (0..ndim)
-            .map(|d| int(12 + 4 * d))
-            .collect::<Result<Vec<_>, _>>()?;
-        let lower_bounds = (0..ndim)
-            .map(|d| int(12 + 4 * (ndim + d)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let items = dims.iter().try_fold(1usize, |acc, d| {
-            usize::try_from(*d).ok().and_then(|d| acc.checked_mul(d))
-        });
+        let dims = (0..ndim).map(|d| int(12 + 4 * d)).collect::<Result<Vec<_>, _>>()?;
+        let lower_bounds = (0..ndim).map(|d| int(12 + 4 * (ndim + d))).collect::<Result<Vec<_>, _>>()?;
+        let items = dims.iter().try_fold(1usize, |acc, d| usize::try_from(*d).ok().and_then(|d| acc.checked_mul(d)));
         let items = match (ndim, items) {
             (0, _) => 0,
             (_, Some(n)) => n,
@@ -75,15 +69,7 @@ impl<'a> Array<'a> {
             .and_then(|at| payload.get(at..))
             .filter(|_| data_start >= VARHDRSZ + bitmap_at)
             .ok_or_else(|| FormatError::new("array", "data offset outside the value"))?;
-        Ok(Array {
-            dims,
-            lower_bounds,
-            element_type,
-            nulls,
-            data,
-            data_start,
-            items,
-        })
+        Ok(Array { dims, lower_bounds, element_type, nulls, data, data_start, items })
     }
 
     /// Whether this is the plain form a `List` can carry faithfully: no
@@ -157,18 +143,10 @@ impl<'a> Elements<'a> {
             b's' => 2,
             b'i' => 4,
             b'd' => 8,
-            other => {
-                return Err(FormatError::new(
-                    "array",
-                    format!("unknown alignment {other:?}"),
-                ))
-            }
+            other => return Err(FormatError::new("array", format!("unknown alignment {other:?}"))),
         };
         let start = align_up(self.base + self.at, align) - self.base;
-        let rest = self
-            .data
-            .get(start..)
-            .ok_or_else(|| FormatError::new("array", "element beyond the value"))?;
+        let rest = self.data.get(start..).ok_or_else(|| FormatError::new("array", "element beyond the value"))?;
         let len = match self.layout.len {
             len @ 1.. => len as usize,
             -1 => varlena::split(rest)?.1,
@@ -179,9 +157,7 @@ impl<'a> Elements<'a> {
                 .ok_or_else(|| FormatError::new("array", "unterminated C string element"))?,
             len => return Err(FormatError::new("array", format!("element length {len}"))),
         };
-        let bytes = rest
-            .get(..len)
-            .ok_or_else(|| FormatError::new("array", "element beyond the value"))?;
+        let bytes = rest.get(..len).ok_or_else(|| FormatError::new("array", "element beyond the value"))?;
         self.at = start + len;
         Ok(bytes)
     }
@@ -195,42 +171,21 @@ fn align_up(offset: usize, align: usize) -> usize {
 mod tests {
     use super::*;
 
-    const INT4: ElementLayout = ElementLayout {
-        len: 4,
-        align: b'i',
-    };
-    const INT8: ElementLayout = ElementLayout {
-        len: 8,
-        align: b'd',
-    };
-    const TEXT: ElementLayout = ElementLayout {
-        len: -1,
-        align: b'i',
-    };
+    const INT4: ElementLayout = ElementLayout { len: 4, align: b'i' };
+    const INT8: ElementLayout = ElementLayout { len: 8, align: b'd' };
+    const TEXT: ElementLayout = ElementLayout { len: -1, align: b'i' };
 
     /// Builds an array payload the way `construct_md_array` lays it out.
-    fn build(
-        dims: &[i32],
-        lbs: &[i32],
-        elem_type: u32,
-        elems: &[Option<Vec<u8>>],
-        align: usize,
-    ) -> Vec<u8> {
+    fn build(dims: &[i32], lbs: &[i32], elem_type: u32, elems: &[Option<Vec<u8>>], align: usize) -> Vec<u8> {
         let ndim = dims.len();
         let has_nulls = elems.iter().any(Option::is_none);
-        let bitmap_len = if has_nulls {
-            elems.len().div_ceil(8)
-        } else {
-            0
-        };
+        let bitmap_len = if has_nulls { elems.len().div_ceil(8) } else { 0 };
         let data_start = align_up(VARHDRSZ + 12 + 8 * ndim + bitmap_len, 8);
         let mut out = Vec::new();
         out.extend_from_slice(&(ndim as i32).to_le_bytes());
         out.extend_from_slice(&(if has_nulls { data_start as i32 } else { 0 }).to_le_bytes());
         out.extend_from_slice(&elem_type.to_le_bytes());
-        dims.iter()
-            .chain(lbs)
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+        dims.iter().chain(lbs).for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
         if has_nulls {
             let mut bitmap = vec![0u8; bitmap_len];
             for (i, e) in elems.iter().enumerate() {
@@ -256,59 +211,33 @@ mod tests {
 
     #[test]
     fn one_dimensional_int_array_with_nulls() {
-        let elems = [
-            Some(7i32.to_le_bytes().to_vec()),
-            None,
-            Some((-1i32).to_le_bytes().to_vec()),
-        ];
+        let elems = [Some(7i32.to_le_bytes().to_vec()), None, Some((-1i32).to_le_bytes().to_vec())];
         let payload = build(&[3], &[1], 23, &elems, 4);
         let a = Array::parse(&payload).unwrap();
         assert!(a.is_plain_list());
         assert_eq!(a.element_type, 23);
-        let got: Vec<_> = a
-            .elements(INT4)
-            .map(|e| {
-                e.unwrap()
-                    .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
-            })
-            .collect();
+        let got: Vec<_> =
+            a.elements(INT4).map(|e| e.unwrap().map(|b| i32::from_le_bytes(b.try_into().unwrap()))).collect();
         assert_eq!(got, [Some(7), None, Some(-1)]);
     }
 
     #[test]
     fn varlena_elements_are_aligned_after_odd_lengths() {
-        let elems = [
-            Some(text_elem("a")),
-            Some(text_elem("")),
-            Some(text_elem("héllo")),
-        ];
+        let elems = [Some(text_elem("a")), Some(text_elem("")), Some(text_elem("héllo"))];
         let payload = build(&[3], &[1], 25, &elems, 4);
         let a = Array::parse(&payload).unwrap();
-        let got: Vec<_> = a
-            .elements(TEXT)
-            .map(|e| varlena::payload(e.unwrap().unwrap()).unwrap().to_vec())
-            .collect();
-        assert_eq!(
-            got,
-            [b"a".to_vec(), b"".to_vec(), "héllo".as_bytes().to_vec()]
-        );
+        let got: Vec<_> = a.elements(TEXT).map(|e| varlena::payload(e.unwrap().unwrap()).unwrap().to_vec()).collect();
+        assert_eq!(got, [b"a".to_vec(), b"".to_vec(), "héllo".as_bytes().to_vec()]);
     }
 
     #[test]
     fn int8_elements_align_to_eight_with_a_null_bitmap() {
-        let elems = [
-            None,
-            Some(i64::MIN.to_le_bytes().to_vec()),
-            Some(5i64.to_le_bytes().to_vec()),
-        ];
+        let elems = [None, Some(i64::MIN.to_le_bytes().to_vec()), Some(5i64.to_le_bytes().to_vec())];
         let payload = build(&[3], &[1], 20, &elems, 8);
         let got: Vec<_> = Array::parse(&payload)
             .unwrap()
             .elements(INT8)
-            .map(|e| {
-                e.unwrap()
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-            })
+            .map(|e| e.unwrap().map(|b| i64::from_le_bytes(b.try_into().unwrap())))
             .collect();
         assert_eq!(got, [None, Some(i64::MIN), Some(5)]);
     }
@@ -336,10 +265,7 @@ mod tests {
         for cut in 0..payload.len() {
             let truncated = &payload[..cut];
             if let Ok(a) = Array::parse(truncated) {
-                assert!(
-                    a.elements(TEXT).any(|e| e.is_err()),
-                    "cut at {cut} must fail"
-                );
+                assert!(a.elements(TEXT).any(|e| e.is_err()), "cut at {cut} must fail");
             }
         }
         let mut bad = payload.clone();

@@ -22,9 +22,7 @@ pub fn date(pg_days: i32) -> Option<i32> {
     match pg_days {
         i32::MAX => Some(i32::MAX),
         i32::MIN => Some(-i32::MAX),
-        days => days
-            .checked_add(EPOCH_SHIFT_DAYS)
-            .filter(|d| *d != i32::MAX && *d > -i32::MAX),
+        days => days.checked_add(EPOCH_SHIFT_DAYS).filter(|d| *d != i32::MAX && *d > -i32::MAX),
     }
 }
 
@@ -34,20 +32,14 @@ pub fn timestamp(pg_micros: i64) -> Option<i64> {
     match pg_micros {
         i64::MAX => Some(i64::MAX),
         i64::MIN => Some(-i64::MAX),
-        micros => micros
-            .checked_add(EPOCH_SHIFT_MICROS)
-            .filter(|m| *m != i64::MAX && *m > -i64::MAX),
+        micros => micros.checked_add(EPOCH_SHIFT_MICROS).filter(|m| *m != i64::MAX && *m > -i64::MAX),
     }
 }
 
 /// A PostgreSQL `interval` as Arrow `MonthDayNano`, or `None` if its time
 /// part does not fit in nanoseconds.
 pub fn interval(micros: i64, days: i32, months: i32) -> Option<IntervalMonthDayNano> {
-    Some(IntervalMonthDayNano::new(
-        months,
-        days,
-        micros.checked_mul(1_000)?,
-    ))
+    Some(IntervalMonthDayNano::new(months, days, micros.checked_mul(1_000)?))
 }
 
 /// The fields of PostgreSQL's 16-byte `Interval` struct:
@@ -80,18 +72,12 @@ mod tests {
         assert_eq!(timestamp(0), Some(946_684_800_000_000));
         assert_eq!(timestamp(-946_684_800_000_000), Some(0));
         // 1900-01-01 00:00:00 is 2208988800 s before 1970.
-        assert_eq!(
-            timestamp(-3_155_673_600_000_000),
-            Some(-2_208_988_800_000_000)
-        );
+        assert_eq!(timestamp(-3_155_673_600_000_000), Some(-2_208_988_800_000_000));
         assert_eq!(timestamp(i64::MAX), Some(i64::MAX));
         assert_eq!(timestamp(i64::MIN), Some(-i64::MAX));
         // Finite values near PostgreSQL's upper bound would reach the sentinel.
         assert_eq!(timestamp(i64::MAX - EPOCH_SHIFT_MICROS), None);
-        assert_eq!(
-            timestamp(i64::MAX - EPOCH_SHIFT_MICROS - 1),
-            Some(i64::MAX - 1)
-        );
+        assert_eq!(timestamp(i64::MAX - EPOCH_SHIFT_MICROS - 1), Some(i64::MAX - 1));
         assert_eq!(timestamp(9_223_371_331_199_999_999), None);
     }
 
@@ -101,10 +87,7 @@ mod tests {
         bytes.extend_from_slice(&(-2i32).to_le_bytes());
         bytes.extend_from_slice(&14i32.to_le_bytes());
         let (micros, days, months) = interval_fields(&bytes).unwrap();
-        assert_eq!(
-            interval(micros, days, months),
-            Some(IntervalMonthDayNano::new(14, -2, 3_600_000_001_000))
-        );
+        assert_eq!(interval(micros, days, months), Some(IntervalMonthDayNano::new(14, -2, 3_600_000_001_000)));
         assert_eq!(interval(i64::MAX / 999, 0, 0), None);
         assert!(interval_fields(&bytes[..15]).is_err());
     }

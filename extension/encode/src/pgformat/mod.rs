@@ -27,26 +27,14 @@ pub struct FormatError {
 
 impl FormatError {
     pub(crate) fn new(what: &'static str, detail: impl Into<String>) -> Self {
-        FormatError {
-            what,
-            detail: detail.into(),
-        }
+        FormatError { what, detail: detail.into() }
     }
 }
 
 /// Reads `N` bytes at `at`, or fails naming `what`.
-pub(crate) fn take<const N: usize>(
-    bytes: &[u8],
-    at: usize,
-    what: &'static str,
-) -> Result<[u8; N], FormatError> {
+pub(crate) fn take<const N: usize>(bytes: &[u8], at: usize, what: &'static str) -> Result<[u8; N], FormatError> {
     at.checked_add(N)
         .and_then(|end| bytes.get(at..end))
         .and_then(|s| s.try_into().ok())
-        .ok_or_else(|| {
-            FormatError::new(
-                what,
-                format!("{} bytes needed at offset {at}, {} present", N, bytes.len()),
-            )
-        })
+        .ok_or_else(|| FormatError::new(what, format!("{} bytes needed at offset {at}, {} present", N, bytes.len())))
 }

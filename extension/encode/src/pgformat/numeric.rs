@@ -38,25 +38,13 @@ pub fn parse(payload: &[u8]) -> Result<Numeric<'_>, FormatError> {
                 0xC000 => Ok(Numeric::NaN),
                 0xD000 => Ok(Numeric::PosInfinity),
                 0xF000 => Ok(Numeric::NegInfinity),
-                _ => Err(FormatError::new(
-                    "numeric",
-                    format!("unknown special value {header:#06x}"),
-                )),
+                _ => Err(FormatError::new("numeric", format!("unknown special value {header:#06x}"))),
             };
         }
         0x8000 => {
             let magnitude = (header & 0x003F) as i16;
-            let weight = if header & 0x0040 != 0 {
-                magnitude | !0x003F
-            } else {
-                magnitude
-            };
-            (
-                header & 0x2000 != 0,
-                weight,
-                (header & 0x1F80) >> 7,
-                &payload[2..],
-            )
+            let weight = if header & 0x0040 != 0 { magnitude | !0x003F } else { magnitude };
+            (header & 0x2000 != 0, weight, (header & 0x1F80) >> 7, &payload[2..])
         }
         sign => {
             let weight = i16::from_le_bytes(take::<2>(payload, 2, "numeric")?);
@@ -67,23 +55,13 @@ pub fn parse(payload: &[u8]) -> Result<Numeric<'_>, FormatError> {
         return Err(FormatError::new("numeric", "odd number of digit bytes"));
     }
     if let Some(bad) = digit_iter(digits).find(|d| !(0..NBASE as i16).contains(d)) {
-        return Err(FormatError::new(
-            "numeric",
-            format!("digit {bad} outside 0..9999"),
-        ));
+        return Err(FormatError::new("numeric", format!("digit {bad} outside 0..9999")));
     }
-    Ok(Numeric::Finite {
-        negative,
-        weight,
-        dscale,
-        digits,
-    })
+    Ok(Numeric::Finite { negative, weight, dscale, digits })
 }
 
 fn digit_iter(digits: &[u8]) -> impl Iterator<Item = i16> + '_ {
-    digits
-        .chunks_exact(2)
-        .map(|d| i16::from_le_bytes([d[0], d[1]]))
+    digits.chunks_exact(2).map(|d| i16::from_le_bytes([d[0], d[1]]))
 }
 
 /// Integer arithmetic the decimal conversion needs, for i128 and i256.
@@ -96,9 +74,7 @@ trait Wide: Copy + Ord {
     fn neg(self) -> Self;
 
     fn pow10(exp: u32) -> Option<Self> {
-        (0..exp).try_fold(Self::from_i64(1), |acc, _| {
-            acc.checked_mul(Self::from_i64(10))
-        })
+        (0..exp).try_fold(Self::from_i64(1), |acc, _| acc.checked_mul(Self::from_i64(10)))
     }
 }
 
@@ -155,21 +131,13 @@ impl Numeric<'_> {
     }
 
     fn to_decimal<W: Wide>(&self, precision: u8, scale: i8) -> Option<W> {
-        let Numeric::Finite {
-            negative,
-            weight,
-            digits,
-            ..
-        } = *self
-        else {
+        let Numeric::Finite { negative, weight, digits, .. } = *self else {
             return None;
         };
         let count = digits.len() / 2;
         let mut acc = W::ZERO;
         for digit in digit_iter(digits) {
-            acc = acc
-                .checked_mul(W::from_i64(NBASE))?
-                .checked_add(W::from_i64(digit.into()))?;
+            acc = acc.checked_mul(W::from_i64(NBASE))?.checked_add(W::from_i64(digit.into()))?;
         }
         // acc is the value times NBASE^(count - 1 - weight); shift it to
         // the value times 10^scale.
@@ -191,12 +159,9 @@ impl Numeric<'_> {
             Numeric::NaN => return out.push_str("NaN"),
             Numeric::PosInfinity => return out.push_str("Infinity"),
             Numeric::NegInfinity => return out.push_str("-Infinity"),
-            Numeric::Finite {
-                negative,
-                weight,
-                dscale,
-                digits,
-            } => (negative, i32::from(weight), i32::from(dscale), digits),
+            Numeric::Finite { negative, weight, dscale, digits } => {
+                (negative, i32::from(weight), i32::from(dscale), digits)
+            }
         };
         let digit = |d: i32| -> i16 {
             usize::try_from(d)
@@ -238,13 +203,9 @@ pub(crate) mod tests {
     /// Builds a long-form numeric payload from its parts, as PostgreSQL
     /// stores values that do not fit the short form.
     pub(crate) fn long_form(negative: bool, weight: i16, dscale: u16, digits: &[i16]) -> Vec<u8> {
-        let mut out = (if negative { 0x4000 } else { 0 } | dscale)
-            .to_le_bytes()
-            .to_vec();
+        let mut out = (if negative { 0x4000 } else { 0 } | dscale).to_le_bytes().to_vec();
         out.extend_from_slice(&weight.to_le_bytes());
-        digits
-            .iter()
-            .for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
+        digits.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
         out
     }
 
@@ -258,9 +219,7 @@ pub(crate) mod tests {
             header |= 0x2000;
         }
         let mut out = header.to_le_bytes().to_vec();
-        digits
-            .iter()
-            .for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
+        digits.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
         out
     }
 
@@ -273,10 +232,7 @@ pub(crate) mod tests {
     #[test]
     fn text_matches_numeric_out() {
         // 12345.678 : digits [1, 2345, 6780], weight 1, dscale 3
-        assert_eq!(
-            text(&short_form(false, 1, 3, &[1, 2345, 6780])),
-            "12345.678"
-        );
+        assert_eq!(text(&short_form(false, 1, 3, &[1, 2345, 6780])), "12345.678");
         assert_eq!(text(&long_form(true, 1, 3, &[1, 2345, 6780])), "-12345.678");
         // 0.0001 : digits [1], weight -1, dscale 4
         assert_eq!(text(&short_form(false, -1, 4, &[1])), "0.0001");
@@ -317,32 +273,14 @@ pub(crate) mod tests {
         let n = parse(&bytes).unwrap();
         assert_eq!(n.to_decimal128(12, 3), Some(-12_345_678));
         assert_eq!(n.to_decimal128(12, 5), Some(-1_234_567_800));
-        assert_eq!(
-            n.to_decimal128(12, 2),
-            None,
-            "12345.678 is not exact at scale 2"
-        );
-        assert_eq!(
-            n.to_decimal128(7, 3),
-            None,
-            "8 digits do not fit precision 7"
-        );
+        assert_eq!(n.to_decimal128(12, 2), None, "12345.678 is not exact at scale 2");
+        assert_eq!(n.to_decimal128(7, 3), None, "8 digits do not fit precision 7");
         // 99000 in numeric(2,-3) is 99 × 10^3
         let bytes = short_form(false, 1, 0, &[9, 9000]);
         let n = parse(&bytes).unwrap();
         assert_eq!(n.to_decimal128(2, -3), Some(99));
-        assert_eq!(
-            parse(&short_form(false, 0, 0, &[]))
-                .unwrap()
-                .to_decimal128(10, 2),
-            Some(0)
-        );
-        assert_eq!(
-            parse(&0xC000u16.to_le_bytes())
-                .unwrap()
-                .to_decimal128(10, 2),
-            None
-        );
+        assert_eq!(parse(&short_form(false, 0, 0, &[])).unwrap().to_decimal128(10, 2), Some(0));
+        assert_eq!(parse(&0xC000u16.to_le_bytes()).unwrap().to_decimal128(10, 2), None);
         // The largest numeric(38,0): 38 nines.
         let mut digits = vec![99];
         digits.extend([9999; 9]);

@@ -27,9 +27,7 @@ pub fn head(first: u8) -> Head {
     if first == 0x01 {
         Head::External
     } else if first & 0x01 == 0x01 {
-        Head::Short {
-            total_len: usize::from(first >> 1),
-        }
+        Head::Short { total_len: usize::from(first >> 1) }
     } else {
         Head::Long
     }
@@ -49,9 +47,7 @@ pub fn long(word: u32) -> Long {
     if word & 0x03 == 0x02 {
         Long::Compressed
     } else {
-        Long::Plain {
-            total_len: (word >> 2) as usize,
-        }
+        Long::Plain { total_len: (word >> 2) as usize }
     }
 }
 
@@ -64,16 +60,11 @@ pub fn split(bytes: &[u8]) -> Result<(&[u8], usize), FormatError> {
         Head::External => return Err(FormatError::new("varlena", "unexpected TOAST pointer")),
         Head::Long => match long(u32::from_le_bytes(take::<4>(bytes, 0, "varlena")?)) {
             Long::Plain { total_len } => (4, total_len),
-            Long::Compressed => {
-                return Err(FormatError::new("varlena", "unexpected compressed value"))
-            }
+            Long::Compressed => return Err(FormatError::new("varlena", "unexpected compressed value")),
         },
     };
     let payload = bytes.get(header..total).ok_or_else(|| {
-        FormatError::new(
-            "varlena",
-            format!("length {total} exceeds the {} bytes present", bytes.len()),
-        )
+        FormatError::new("varlena", format!("length {total} exceeds the {} bytes present", bytes.len()))
     })?;
     Ok((payload, total))
 }

@@ -1,0 +1,197 @@
+//! Catalog lookups: a relation's live columns, what Arrow type each maps
+//! to, and what reading its datums takes (storage layout, cached output
+//! functions). Done once per relation and schema version, never per row.
+
+use pgcdc_encode::batch::{ColumnSpec, TableSpec};
+use pgcdc_encode::pgformat::array::ElementLayout;
+use pgcdc_encode::types::{Kind, PgType};
+use pgrx::pg_sys;
+use std::ffi::CStr;
+
+/// How to read one column's datums.
+pub struct ColumnPlan {
+    /// Index into the tuple descriptor and the deformed values.
+    pub attidx: usize,
+    pub kind: Kind,
+    /// `typlen` of the (base) type: > 0 fixed, -1 varlena, -2 C string.
+    pub typlen: i16,
+    pub byval: bool,
+    /// The type's output function: the text of text-mapped values and of
+    /// values a typed column refuses.
+    pub output: *mut pg_sys::FmgrInfo,
+    /// For `List` columns: how elements are stored.
+    pub element: Option<ElementPlan>,
+}
+
+/// How to read the elements of an array column.
+pub struct ElementPlan {
+    pub layout: ElementLayout,
+    pub byval: bool,
+    /// The element type's output function, for elements mapped to text.
+    pub output: *mut pg_sys::FmgrInfo,
+}
+
+/// A relation at one schema version.
+pub struct RelationPlan {
+    pub spec: TableSpec,
+    pub columns: Vec<ColumnPlan>,
+    /// `natts` of the tuple descriptor, dropped columns included.
+    pub natts: usize,
+    /// Holds the cached `FmgrInfo`s; deleted by [`RelationPlan::release`].
+    context: pg_sys::MemoryContext,
+}
+
+/// `pg_type` fields the mapping needs.
+struct TypeRow {
+    name: String,
+    typtype: u8,
+    typlen: i16,
+    byval: bool,
+    align: u8,
+    output: pg_sys::Oid,
+}
+
+impl RelationPlan {
+    /// Describes `relation` as the historic snapshot of decoding sees it.
+    ///
+    /// # Safety
+    /// `relation` must be a valid, open relation and `parent` a live
+    /// memory context; must run inside logical decoding (catalog access
+    /// under a historic snapshot).
+    pub unsafe fn describe(relation: pg_sys::Relation, parent: pg_sys::MemoryContext) -> RelationPlan {
+        // SAFETY: the caller hands us an open relation, whose descriptor,
+        // pg_class row and name stay valid for this call.
+        unsafe {
+            let rel = &*relation;
+            let form = &*rel.rd_rel;
+            let desc = rel.rd_att;
+            let natts = usize::try_from((*desc).natts).unwrap_or(0);
+            let context = pg_sys::AllocSetContextCreateInternal(
+                parent,
+                c"wal2arrow relation".as_ptr(),
+                0,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            );
+            let full_identity = form.relreplident as u8 == pg_sys::REPLICA_IDENTITY_FULL;
+            let identity =
+                if full_identity { std::ptr::null_mut() } else { pg_sys::RelationGetIdentityKeyBitmap(relation) };
+
+            let mut specs = Vec::with_capacity(natts);
+            let mut columns = Vec::with_capacity(natts);
+            for attidx in 0..natts {
+                let att = &*(*desc).attrs.as_ptr().add(attidx);
+                if att.attisdropped {
+                    continue;
+                }
+                let key = full_identity
+                    || pg_sys::bms_is_member(
+                        i32::from(att.attnum) - pg_sys::FirstLowInvalidHeapAttributeNumber,
+                        identity,
+                    );
+                let pg_type_text = cstr(pg_sys::format_type_with_typemod(att.atttypid, att.atttypmod));
+                let mut typmod = att.atttypmod;
+                let base = pg_sys::getBaseTypeAndTypmod(att.atttypid, &mut typmod);
+                let row = type_row(base);
+                let element_oid = pg_sys::get_element_type(base);
+                let (element_type, element) = if element_oid == pg_sys::InvalidOid {
+                    (None, None)
+                } else {
+                    let mut element_typmod = typmod;
+                    let element_base = pg_sys::getBaseTypeAndTypmod(element_oid, &mut element_typmod);
+                    let erow = type_row(element_base);
+                    let plan = ElementPlan {
+                        layout: ElementLayout { len: erow.typlen, align: erow.align },
+                        byval: erow.byval,
+                        output: output_function(erow.output, context),
+                    };
+                    let t = PgType {
+                        oid: element_base.to_u32(),
+                        typmod: element_typmod,
+                        name: erow.name,
+                        typtype: erow.typtype,
+                        element: None,
+                    };
+                    (Some(Box::new(t)), Some(plan))
+                };
+                let pg_type =
+                    PgType { oid: base.to_u32(), typmod, name: row.name, typtype: row.typtype, element: element_type };
+                let kind = Kind::of(&pg_type);
+                specs.push(ColumnSpec { name: cstr(att.attname.data.as_ptr()), pg_type: pg_type_text, kind, key });
+                columns.push(ColumnPlan {
+                    attidx,
+                    kind,
+                    typlen: row.typlen,
+                    byval: row.byval,
+                    output: output_function(row.output, context),
+                    element: if matches!(kind, Kind::List(_)) { element } else { None },
+                });
+            }
+            let spec = TableSpec {
+                schema: cstr(pg_sys::get_namespace_name(form.relnamespace)),
+                table: cstr(form.relname.data.as_ptr()),
+                relid: rel.rd_id.to_u32(),
+                columns: specs,
+            };
+            RelationPlan { spec, columns, natts, context }
+        }
+    }
+
+    /// Frees the cached output functions. Not a `Drop`: when the decoding
+    /// context goes away PostgreSQL frees this memory itself, before the
+    /// plan is dropped.
+    pub fn release(self) {
+        // SAFETY: the context was created by `describe` and is deleted
+        // once, here; nothing else points into it after the plan is gone.
+        unsafe { pg_sys::MemoryContextDelete(self.context) }
+    }
+}
+
+/// Looks up a type's `pg_type` row.
+///
+/// # Safety
+/// Catalog access must be possible (a transaction or decoding is active).
+unsafe fn type_row(oid: pg_sys::Oid) -> TypeRow {
+    // SAFETY: the syscache returns a pinned tuple whose struct is a
+    // FormData_pg_type until ReleaseSysCache, which we call after copying.
+    unsafe {
+        let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::TYPEOID as i32, oid.into());
+        if tuple.is_null() {
+            pgrx::error!("wal2arrow: cache lookup failed for type {}", oid.to_u32());
+        }
+        let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tuple);
+        let row = TypeRow {
+            name: cstr(form.typname.data.as_ptr()),
+            typtype: form.typtype as u8,
+            typlen: form.typlen,
+            byval: form.typbyval,
+            align: form.typalign as u8,
+            output: form.typoutput,
+        };
+        pg_sys::ReleaseSysCache(tuple);
+        row
+    }
+}
+
+/// An `FmgrInfo` for `function`, allocated in `context`.
+///
+/// # Safety
+/// `context` must be a live memory context.
+unsafe fn output_function(function: pg_sys::Oid, context: pg_sys::MemoryContext) -> *mut pg_sys::FmgrInfo {
+    // SAFETY: the allocation is zeroed, sized for an FmgrInfo, and lives as
+    // long as `context`; fmgr_info_cxt fills it in.
+    unsafe {
+        let info = pg_sys::MemoryContextAllocZero(context, size_of::<pg_sys::FmgrInfo>()).cast::<pg_sys::FmgrInfo>();
+        pg_sys::fmgr_info_cxt(function, info, context);
+        info
+    }
+}
+
+/// Copies a C string PostgreSQL returned.
+///
+/// # Safety
+/// `ptr` must point to a NUL-terminated string.
+unsafe fn cstr(ptr: *const std::ffi::c_char) -> String {
+    // SAFETY: guaranteed by the caller.
+    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+}

@@ -1,0 +1,371 @@
+//! The plugin's state: per-relation plans and open batches, and the logic
+//! that turns each decoded change into a row.
+//!
+//! Batches never span transactions here: a table's rows are flushed as one
+//! message when its batch reaches `batch_rows` or `batch_bytes`, and every
+//! open batch is flushed at commit, in the order the transaction first
+//! touched each table. Rows of different tables may therefore arrive in a
+//! different order than they were written inside one transaction; each row's
+//! `_lsn` gives the exact order.
+
+use super::catalog::RelationPlan;
+use super::datum::{self, Read};
+use super::error::{OrReport, PluginError};
+use super::publication::{Actions, Publications};
+use pgcdc_encode::batch::{ChangeBatchBuilder, ChangeSchema, Image, Row, RowMeta};
+use pgcdc_encode::column::PushError;
+use pgcdc_encode::ipc;
+use pgcdc_encode::options::Options;
+use pgcdc_reader::contract::Op;
+use pgrx::pg_sys;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Bumped by every relcache and publication invalidation; a relation entry
+/// seen at an older epoch is re-described before use. Coarse on purpose:
+/// invalidations come only with DDL, and re-describing is cheap.
+static INVALIDATION_EPOCH: AtomicU64 = AtomicU64::new(1);
+
+pub fn invalidate() {
+    INVALIDATION_EPOCH.fetch_add(1, Ordering::Relaxed);
+}
+
+fn epoch() -> u64 {
+    INVALIDATION_EPOCH.load(Ordering::Relaxed)
+}
+
+/// How often to report progress to a walsender while changes are filtered
+/// out, so that it can send keepalives (pgoutput's threshold).
+const PROGRESS_EVERY: u32 = 100;
+
+struct Entry {
+    epoch: u64,
+    plan: RelationPlan,
+    actions: Actions,
+    batch: ChangeBatchBuilder,
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<bool>,
+}
+
+pub struct Decoder {
+    options: Options,
+    publications: Option<Publications>,
+    relations: HashMap<pg_sys::Oid, Entry>,
+    /// Relations with rows in the current transaction, first touch first.
+    pending: Vec<pg_sys::Oid>,
+    wrote: bool,
+    changes_since_progress: u32,
+    /// Reused IPC encoding buffer.
+    buffer: Vec<u8>,
+    /// Parent of the relation plans' contexts: the decoding context.
+    cache_context: pg_sys::MemoryContext,
+    /// Reset after every change: detoasted copies and output-function text.
+    change_context: pg_sys::MemoryContext,
+}
+
+impl Decoder {
+    /// # Safety
+    /// `context` must be the decoding context's memory context.
+    pub unsafe fn new(options: Options, context: pg_sys::MemoryContext) -> Decoder {
+        // SAFETY: creating a child of a live context.
+        let change_context = unsafe {
+            pg_sys::AllocSetContextCreateInternal(
+                context,
+                c"wal2arrow change".as_ptr(),
+                0,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            )
+        };
+        Decoder {
+            publications: options.publication_names.as_deref().map(Publications::new),
+            options,
+            relations: HashMap::new(),
+            pending: Vec::new(),
+            wrote: false,
+            changes_since_progress: 0,
+            buffer: Vec::new(),
+            cache_context: context,
+            change_context,
+        }
+    }
+
+    pub fn begin(&mut self) {
+        self.pending.clear();
+        self.wrote = false;
+    }
+
+    /// Decodes one insert, update or delete.
+    ///
+    /// # Safety
+    /// Arguments as PostgreSQL passes them to a change callback.
+    pub unsafe fn change(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        txn: *mut pg_sys::ReorderBufferTXN,
+        relation: pg_sys::Relation,
+        change: *mut pg_sys::ReorderBufferChange,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.progress(ctx, false);
+            let op = match (*change).action {
+                pg_sys::ReorderBufferChangeType::REORDER_BUFFER_CHANGE_INSERT => Op::Insert,
+                pg_sys::ReorderBufferChangeType::REORDER_BUFFER_CHANGE_UPDATE => Op::Update,
+                pg_sys::ReorderBufferChangeType::REORDER_BUFFER_CHANGE_DELETE => Op::Delete,
+                _ => return,
+            };
+            let relid = (*relation).rd_id;
+            if !self.entry(ctx, relation).actions.allows(op) {
+                return;
+            }
+            let tp = (*change).data.tp;
+            let (new, old) = match op {
+                Op::Insert => (tp.newtuple, std::ptr::null_mut()),
+                Op::Update => (tp.newtuple, tp.oldtuple),
+                _ => (tp.oldtuple, tp.oldtuple),
+            };
+            let include_before = self.options.include_before;
+            let meta = row_meta(op, (*change).lsn, txn);
+            let entry = self.relations.get_mut(&relid).expect("entry() inserted it");
+            let desc = (*relation).rd_att;
+            let guard = ContextGuard::enter(self.change_context);
+            let mut row = entry.batch.row(meta);
+            fill(&mut row, Image::New, new, desc, &entry.plan, &mut entry.values, &mut entry.nulls);
+            if include_before && !old.is_null() {
+                fill(&mut row, Image::Old, old, desc, &entry.plan, &mut entry.values, &mut entry.nulls);
+            }
+            row.finish();
+            drop(guard);
+            self.after_row(ctx, relid);
+        }
+    }
+
+    /// Decodes a TRUNCATE: one `t` row per truncated table.
+    ///
+    /// # Safety
+    /// Arguments as PostgreSQL passes them to a truncate callback.
+    pub unsafe fn truncate(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        txn: *mut pg_sys::ReorderBufferTXN,
+        relations: &[pg_sys::Relation],
+        change: *mut pg_sys::ReorderBufferChange,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.progress(ctx, false);
+            let meta = row_meta(Op::Truncate, (*change).lsn, txn);
+            for &relation in relations {
+                let relid = (*relation).rd_id;
+                let entry = self.entry(ctx, relation);
+                if !entry.actions.allows(Op::Truncate) {
+                    continue;
+                }
+                let mut row = entry.batch.row(meta);
+                (0..entry.plan.columns.len()).for_each(|i| row.null(Image::New, i));
+                row.finish();
+                self.after_row(ctx, relid);
+            }
+        }
+    }
+
+    /// Flushes every open batch of the transaction.
+    ///
+    /// # Safety
+    /// `ctx` as PostgreSQL passes it to a commit callback.
+    pub unsafe fn commit(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
+        for relid in std::mem::take(&mut self.pending) {
+            if let Some(entry) = self.relations.get_mut(&relid) {
+                // SAFETY: forwarded from the caller.
+                unsafe { flush(ctx, entry, &mut self.buffer) };
+                self.wrote = true;
+            }
+        }
+        // SAFETY: forwarded from the caller; tells a walsender it may
+        // confirm past a transaction that produced nothing.
+        unsafe { pg_sys::OutputPluginUpdateProgress(ctx, !self.wrote) };
+        self.changes_since_progress = 0;
+    }
+
+    unsafe fn progress(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, skipped: bool) {
+        self.changes_since_progress += 1;
+        if self.changes_since_progress >= PROGRESS_EVERY {
+            self.changes_since_progress = 0;
+            // SAFETY: `ctx` is the live decoding context.
+            unsafe { pg_sys::OutputPluginUpdateProgress(ctx, skipped) };
+        }
+    }
+
+    /// Marks the relation as pending and flushes its batch when full.
+    unsafe fn after_row(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, relid: pg_sys::Oid) {
+        if !self.pending.contains(&relid) {
+            self.pending.push(relid);
+        }
+        let Some(entry) = self.relations.get_mut(&relid) else { return };
+        if entry.batch.len() >= self.options.batch_rows || entry.batch.approx_bytes() >= self.options.batch_bytes {
+            // SAFETY: `ctx` is the live decoding context.
+            unsafe { flush(ctx, entry, &mut self.buffer) };
+            self.wrote = true;
+        }
+    }
+
+    /// The up-to-date entry of `relation`: re-described after an
+    /// invalidation; a changed schema first flushes the rows of the old one.
+    unsafe fn entry(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, relation: pg_sys::Relation) -> &mut Entry {
+        // SAFETY: the relation is open for the duration of the callback.
+        let (relid, natts) = unsafe { ((*relation).rd_id, (*(*relation).rd_att).natts as usize) };
+        let now = epoch();
+        let fresh = self.relations.get(&relid).is_some_and(|e| e.epoch == now && e.plan.natts == natts);
+        if !fresh {
+            // SAFETY: inside decoding, with an open relation.
+            let plan = unsafe { RelationPlan::describe(relation, self.cache_context) };
+            let actions = match &mut self.publications {
+                // SAFETY: as above.
+                Some(publications) => unsafe { publications.actions(relation, now) },
+                None => Actions::ALL,
+            };
+            let schema = Arc::new(ChangeSchema::new(plan.spec.clone(), self.options.include_before));
+            let batch = match self.relations.remove(&relid) {
+                Some(mut old) => {
+                    let kept = old.batch.schema().fingerprint() == schema.fingerprint();
+                    if !kept && !old.batch.is_empty() {
+                        // SAFETY: `ctx` is the live decoding context.
+                        unsafe { flush(ctx, &mut old, &mut self.buffer) };
+                        self.wrote = true;
+                    }
+                    old.plan.release();
+                    if kept {
+                        old.batch
+                    } else {
+                        ChangeBatchBuilder::new(schema)
+                    }
+                }
+                None => ChangeBatchBuilder::new(schema),
+            };
+            let entry = Entry {
+                epoch: now,
+                plan,
+                actions,
+                batch,
+                values: vec![pg_sys::Datum::null(); natts],
+                nulls: vec![true; natts],
+            };
+            self.relations.insert(relid, entry);
+        }
+        self.relations.get_mut(&relid).expect("inserted above")
+    }
+}
+
+fn row_meta(op: Op, lsn: pg_sys::XLogRecPtr, txn: *mut pg_sys::ReorderBufferTXN) -> RowMeta {
+    // SAFETY: PostgreSQL passes the transaction being replayed; its commit
+    // fields are set before replay starts.
+    let txn = unsafe { &*txn };
+    RowMeta {
+        op,
+        lsn,
+        commit_lsn: txn.end_lsn,
+        xid: txn.xid.into(),
+        // SAFETY: a committed transaction's time is its commit time.
+        commit_time: unsafe { txn.xact_time.commit_time },
+    }
+}
+
+/// Writes one row image. A missing tuple (a delete without replica
+/// identity) leaves the table columns null.
+///
+/// # Safety
+/// `tuple` must be null or a tuple of the relation `desc` and `plan` describe.
+unsafe fn fill(
+    row: &mut Row<'_>,
+    image: Image,
+    tuple: *mut pg_sys::ReorderBufferTupleBuf,
+    desc: pg_sys::TupleDesc,
+    plan: &RelationPlan,
+    values: &mut [pg_sys::Datum],
+    nulls: &mut [bool],
+) {
+    if tuple.is_null() {
+        (0..plan.columns.len()).for_each(|i| row.null(image, i));
+        return;
+    }
+    // SAFETY: the arrays have `natts` slots, as heap_deform_tuple needs.
+    unsafe { pg_sys::heap_deform_tuple(&mut (*tuple).tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr()) };
+    for (i, column) in plan.columns.iter().enumerate() {
+        if nulls[column.attidx] {
+            row.null(image, i);
+            continue;
+        }
+        let datum = values[column.attidx];
+        // SAFETY: the datum belongs to this column and lives in the tuple
+        // or the change context until the row is finished.
+        let pushed = match unsafe { datum::read(column, datum) } {
+            Read::Value(value) => row.value(image, i, value),
+            Read::List(items) => row.list(image, i, &items),
+            Read::Unchanged => {
+                row.unchanged(image, i);
+                Ok(())
+            }
+            Read::Refused => {
+                row.null(image, i);
+                Err(PushError::Unrepresentable(column.kind.scalar()))
+            }
+        };
+        if pushed.is_err() {
+            // SAFETY: as above; never an unchanged TOAST pointer here.
+            row.unmapped(image, i, unsafe { datum::text(column, datum) });
+        }
+    }
+}
+
+/// Encodes the entry's open batch and writes it as one message.
+///
+/// # Safety
+/// `ctx` must be the live decoding context, inside a callback that may write.
+unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, entry: &mut Entry, buffer: &mut Vec<u8>) {
+    if entry.batch.is_empty() {
+        return;
+    }
+    let table = || format!("{}.{}", entry.plan.spec.schema, entry.plan.spec.table);
+    let batch = entry.batch.finish().map_err(|source| PluginError::Encode { table: table(), source }).or_report();
+    buffer.clear();
+    ipc::write_stream(&batch, buffer).map_err(|source| PluginError::Encode { table: table(), source }).or_report();
+    // SAFETY: PrepareWrite/Write bracket one message in ctx->out; the
+    // buffer is far below PostgreSQL's 1 GB allocation limit (batch_bytes).
+    unsafe {
+        pg_sys::OutputPluginPrepareWrite(ctx, true);
+        pg_sys::appendBinaryStringInfo((*ctx).out, buffer.as_ptr().cast(), buffer.len() as i32);
+        pg_sys::OutputPluginWrite(ctx, true);
+    }
+    // Keep a big buffer from a bulk load from pinning memory for good.
+    if buffer.capacity() > 64 << 20 {
+        *buffer = Vec::new();
+    }
+}
+
+/// Switches to a memory context, and back (resetting it) when dropped,
+/// also when an ERROR unwinds through.
+struct ContextGuard {
+    context: pg_sys::MemoryContext,
+    previous: pg_sys::MemoryContext,
+}
+
+impl ContextGuard {
+    fn enter(context: pg_sys::MemoryContext) -> ContextGuard {
+        // SAFETY: switching to a live context owned by the decoder.
+        let previous = unsafe { pg_sys::MemoryContextSwitchTo(context) };
+        ContextGuard { context, previous }
+    }
+}
+
+impl Drop for ContextGuard {
+    fn drop(&mut self) {
+        // SAFETY: both contexts are still alive; nothing borrowed from the
+        // change context survives the row that was just finished.
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(self.previous);
+            pg_sys::MemoryContextReset(self.context);
+        }
+    }
+}
