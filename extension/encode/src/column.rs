@@ -279,7 +279,7 @@ impl ScalarColumn {
             ) => Cell::Str(Cow::Borrowed(std::str::from_utf8(b).map_err(|_| refused())?)),
             (Scalar::Bytea, Value::Bytes(b)) => Cell::Bin(b),
             (Scalar::Date, Value::Date(d)) => Cell::I32(datetime::date(d).ok_or_else(refused)?),
-            (Scalar::Time, Value::Time(t)) => Cell::I64(t),
+            (Scalar::Time, Value::Time(t)) => Cell::I64(datetime::time(t).ok_or_else(refused)?),
             (Scalar::Timestamp | Scalar::TimestampTz, Value::Timestamp(t)) => {
                 Cell::I64(datetime::timestamp(t).ok_or_else(refused)?)
             }

@@ -6,6 +6,7 @@
 //!   sentinels DuckDB uses for the same values. No finite PostgreSQL value
 //!   maps onto them: finite values that would (timestamps after the year
 //!   294246) are refused and travel as text in `_unmapped`.
+//! * `time '24:00:00'` is refused (Arrow's time of day stays below 24h).
 //! * Intervals whose time part overflows nanoseconds (over 292 years of
 //!   hours) are refused the same way.
 
@@ -35,6 +36,14 @@ pub fn timestamp(pg_micros: i64) -> Option<i64> {
         micros => micros.checked_add(EPOCH_SHIFT_MICROS).filter(|m| *m != i64::MAX && *m > -i64::MAX),
     }
 }
+
+/// A PostgreSQL `time` as Arrow `Time64(µs)`, or `None` for `24:00:00`,
+/// which PostgreSQL allows and Arrow's time of day (below 24 hours) does not.
+pub fn time(micros: i64) -> Option<i64> {
+    (0..MICROS_PER_DAY).contains(&micros).then_some(micros)
+}
+
+const MICROS_PER_DAY: i64 = 86_400 * 1_000_000;
 
 /// A PostgreSQL `interval` as Arrow `MonthDayNano`, or `None` if its time
 /// part does not fit in nanoseconds.
@@ -79,6 +88,13 @@ mod tests {
         assert_eq!(timestamp(i64::MAX - EPOCH_SHIFT_MICROS), None);
         assert_eq!(timestamp(i64::MAX - EPOCH_SHIFT_MICROS - 1), Some(i64::MAX - 1));
         assert_eq!(timestamp(9_223_371_331_199_999_999), None);
+    }
+
+    #[test]
+    fn times_stay_below_a_day() {
+        assert_eq!(time(0), Some(0));
+        assert_eq!(time(MICROS_PER_DAY - 1), Some(MICROS_PER_DAY - 1));
+        assert_eq!(time(MICROS_PER_DAY), None, "24:00:00 has no Arrow form");
     }
 
     #[test]
