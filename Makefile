@@ -1,0 +1,25 @@
+# pgcdc: the commands of DESIGN.md. Each installs what it needs first.
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+PGCDC_VENV ?= $(CARGO_TARGET_DIR)/venv
+export PG_CONFIG CARGO_TARGET_DIR PGCDC_VENV
+PGCDC_PYTHON := $(PGCDC_VENV)/bin/python
+export PGCDC_PYTHON
+
+.PHONY: setup install test demo bench
+
+setup:
+	scripts/setup.sh
+
+install: setup
+	scripts/install.sh
+
+## every test: pure unit tests, then end-to-end tests against private clusters
+test: install
+	cargo test --workspace --locked
+
+demo: install
+	cargo run --quiet --locked -p pg_test --bin demo
+
+bench: install
+	cargo run --quiet --locked --release -p pgcdc-bench

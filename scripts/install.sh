@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds the pgcdc extension in release mode and installs it into the
+# PostgreSQL of $PG_CONFIG, with the `wal2arrow` alias PostgreSQL loads the
+# output plugin by.
+set -euo pipefail
+
+PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+sudo_flag=()
+[ "$(id -u)" -eq 0 ] || sudo_flag=(--sudo)
+
+(cd "$(dirname "$0")/../extension" && cargo pgrx install --release --pg-config "${PG_CONFIG}" "${sudo_flag[@]}")
+
+libdir=$("${PG_CONFIG}" --pkglibdir)
+link=(ln -sfn pgcdc.so "${libdir}/wal2arrow.so")
+if [ -w "${libdir}" ]; then "${link[@]}"; else sudo "${link[@]}"; fi
+echo "install: pgcdc and the wal2arrow alias are in ${libdir}"
