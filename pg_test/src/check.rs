@@ -30,15 +30,27 @@ const DAY_MICROS: i64 = 86_400_000_000;
 /// The SQL expression of `array[row]` (not null), of PostgreSQL type
 /// `pg_type`.
 pub fn sql_literal(array: &dyn Array, row: usize, pg_type: &str) -> String {
-    let micros = |v: i64| format!("{} * interval '1 day' + {} * interval '1 microsecond'", v.div_euclid(DAY_MICROS), v.rem_euclid(DAY_MICROS));
+    let micros = |v: i64| {
+        format!(
+            "{} * interval '1 day' + {} * interval '1 microsecond'",
+            v.div_euclid(DAY_MICROS),
+            v.rem_euclid(DAY_MICROS)
+        )
+    };
     let expr = match array.data_type() {
         DataType::Boolean => array.as_boolean().value(row).to_string(),
         DataType::Int16 => array.as_primitive::<Int16Type>().value(row).to_string(),
         DataType::Int32 => array.as_primitive::<Int32Type>().value(row).to_string(),
         DataType::Int64 => array.as_primitive::<Int64Type>().value(row).to_string(),
         DataType::UInt32 => array.as_primitive::<UInt32Type>().value(row).to_string(),
-        DataType::Float32 => float(f64::from(array.as_primitive::<Float32Type>().value(row)), array.as_primitive::<Float32Type>().value(row).to_string()),
-        DataType::Float64 => float(array.as_primitive::<Float64Type>().value(row), array.as_primitive::<Float64Type>().value(row).to_string()),
+        DataType::Float32 => float(
+            f64::from(array.as_primitive::<Float32Type>().value(row)),
+            array.as_primitive::<Float32Type>().value(row).to_string(),
+        ),
+        DataType::Float64 => float(
+            array.as_primitive::<Float64Type>().value(row),
+            array.as_primitive::<Float64Type>().value(row).to_string(),
+        ),
         DataType::Decimal128(..) => quote_literal(&array.as_primitive::<Decimal128Type>().value_as_string(row)),
         DataType::Decimal256(..) => quote_literal(&array.as_primitive::<Decimal256Type>().value_as_string(row)),
         DataType::Utf8 => quote_literal(array.as_string::<i32>().value(row)),
@@ -56,7 +68,8 @@ pub fn sql_literal(array: &dyn Array, row: usize, pg_type: &str) -> String {
             d => format!("(date '1970-01-01' + {d})"),
         },
         DataType::Timestamp(TimeUnit::Microsecond, tz) => {
-            let start = if tz.is_some() { "timestamptz '1970-01-01 00:00:00+00'" } else { "timestamp '1970-01-01 00:00:00'" };
+            let start =
+                if tz.is_some() { "timestamptz '1970-01-01 00:00:00+00'" } else { "timestamp '1970-01-01 00:00:00'" };
             match array.as_primitive::<TimestampMicrosecondType>().value(row) {
                 i64::MAX => "'infinity'".into(),
                 v if v == -i64::MAX => "'-infinity'".into(),
@@ -64,7 +77,10 @@ pub fn sql_literal(array: &dyn Array, row: usize, pg_type: &str) -> String {
             }
         }
         DataType::Time64(TimeUnit::Microsecond) => {
-            format!("(time '00:00' + {} * interval '1 microsecond')", array.as_primitive::<Time64MicrosecondType>().value(row))
+            format!(
+                "(time '00:00' + {} * interval '1 microsecond')",
+                array.as_primitive::<Time64MicrosecondType>().value(row)
+            )
         }
         DataType::Interval(arrow_schema::IntervalUnit::MonthDayNano) => {
             let v = array.as_primitive::<IntervalMonthDayNanoType>().value(row);
@@ -83,9 +99,19 @@ pub fn sql_literal(array: &dyn Array, row: usize, pg_type: &str) -> String {
             let list = array.as_list::<i32>().value(row);
             let element_type = pg_type.strip_suffix("[]").unwrap_or(pg_type);
             let items: Vec<String> = (0..list.len())
-                .map(|i| if list.is_null(i) { "NULL".into() } else { format!("({})::{element_type}", sql_literal(&list, i, element_type)) })
+                .map(|i| {
+                    if list.is_null(i) {
+                        "NULL".into()
+                    } else {
+                        format!("({})::{element_type}", sql_literal(&list, i, element_type))
+                    }
+                })
                 .collect();
-            if items.is_empty() { "'{}'".into() } else { format!("ARRAY[{}]", items.join(", ")) }
+            if items.is_empty() {
+                "'{}'".into()
+            } else {
+                format!("ARRAY[{}]", items.join(", "))
+            }
         }
         other => panic!("no SQL literal for {other}"),
     };
@@ -136,7 +162,11 @@ pub fn assert_matches_table(client: &mut Client, batch: &RecordBatch, table: &st
     let key_type = key_field.metadata()[contract::FIELD_PG_TYPE].clone();
     let key_column = batch.column_by_name(key).expect("key column");
     let first_table_column = 7;
-    let last_table_column = schema.fields().iter().position(|f| f.name() == contract::BEFORE || f.name() == contract::UNCHANGED).expect("trailing contract columns");
+    let last_table_column = schema
+        .fields()
+        .iter()
+        .position(|f| f.name() == contract::BEFORE || f.name() == contract::UNCHANGED)
+        .expect("trailing contract columns");
     let mut compared = 0;
     for row in 0..batch.num_rows() {
         let key_literal = sql_literal(key_column.as_ref(), row, &key_type);

@@ -64,7 +64,18 @@ impl Cluster {
         let cluster = Cluster { data: root.join("data"), root, bindir, run_as };
         cluster.run_checked(
             "initdb",
-            &["-D", path(&cluster.data), "-E", "UTF8", "--locale=C.UTF-8", "-A", "trust", "-U", "postgres", "--no-sync"],
+            &[
+                "-D",
+                path(&cluster.data),
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
         );
         let mut conf = format!(
             "\nwal_level = {}\nmax_replication_slots = 20\nmax_wal_senders = 20\nlisten_addresses = ''\n\
@@ -110,7 +121,9 @@ impl Cluster {
     pub fn database_with_pgcdc(&self, name: &str) -> Client {
         self.connect().batch_execute(&format!("CREATE DATABASE \"{name}\"")).expect("create database");
         let mut client = self.connect_to(name);
-        client.batch_execute("CREATE EXTENSION pgcdc").expect("CREATE EXTENSION pgcdc (is it installed? run `make install`)");
+        client
+            .batch_execute("CREATE EXTENSION pgcdc")
+            .expect("CREATE EXTENSION pgcdc (is it installed? run `make install`)");
         client
     }
 
@@ -121,10 +134,7 @@ impl Cluster {
 
     /// Runs a client program of the server's bindir (e.g. pg_recvlogical).
     pub fn run(&self, program: &str, args: &[&str]) -> Output {
-        Command::new(self.bindir.join(program))
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("run {program}: {e}"))
+        Command::new(self.bindir.join(program)).args(args).output().unwrap_or_else(|e| panic!("run {program}: {e}"))
     }
 
     fn pg_ctl(&self, args: &[&str]) {
@@ -148,7 +158,8 @@ impl Cluster {
         };
         // The server must not inherit the test's working directory, which
         // the `postgres` user may not be allowed to enter.
-        let output = command.args(args).current_dir(&self.root).output().unwrap_or_else(|e| panic!("run {program}: {e}"));
+        let output =
+            command.args(args).current_dir(&self.root).output().unwrap_or_else(|e| panic!("run {program}: {e}"));
         if !output.status.success() {
             panic!(
                 "{program} {args:?} failed: {}\n{}{}\nserver log:\n{}",

@@ -21,7 +21,11 @@ pub fn parse_lsn(text: &str) -> u64 {
 
 /// Consumes a slot with `pg_logical_slot_get_binary_changes`. `options`
 /// are the plugin's key/value options.
-pub fn decode_messages(client: &mut Client, slot: &str, options: &[(&str, &str)]) -> Result<Vec<Message>, postgres::Error> {
+pub fn decode_messages(
+    client: &mut Client,
+    slot: &str,
+    options: &[(&str, &str)],
+) -> Result<Vec<Message>, postgres::Error> {
     let flat: Vec<&str> = options.iter().flat_map(|(k, v)| [*k, *v]).collect();
     let rows = client.query(
         "SELECT lsn::text, xid::text, data FROM pg_logical_slot_get_binary_changes($1, NULL, NULL, VARIADIC $2::text[])",
@@ -29,11 +33,7 @@ pub fn decode_messages(client: &mut Client, slot: &str, options: &[(&str, &str)]
     )?;
     Ok(rows
         .iter()
-        .map(|r| Message {
-            lsn: parse_lsn(r.get(0)),
-            xid: r.get::<_, String>(1).parse().expect("xid"),
-            data: r.get(2),
-        })
+        .map(|r| Message { lsn: parse_lsn(r.get(0)), xid: r.get::<_, String>(1).parse().expect("xid"), data: r.get(2) })
         .collect())
 }
 

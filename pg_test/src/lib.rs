@@ -10,6 +10,14 @@
 pub mod check;
 mod cluster;
 mod decode;
+pub mod values;
 
 pub use cluster::{Cluster, Settings};
 pub use decode::{decode_batches, decode_messages, parse_lsn, read_stream, read_streams_with_separator, Message};
+
+/// Creates a logical slot that uses the `wal2arrow` plugin.
+pub fn create_slot(client: &mut postgres::Client, name: &str) {
+    client
+        .query("SELECT pg_create_logical_replication_slot($1, 'wal2arrow')", &[&name])
+        .unwrap_or_else(|e| panic!("create slot {name}: {e}"));
+}

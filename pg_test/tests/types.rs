@@ -120,7 +120,9 @@ fn every_type_equals_what_select_returns() {
 
     // Infinities use the sentinels documented in pgformat::datetime.
     // Rows arrive in insert order: row index = id - 1.
-    let ts = |name: &str, id: usize| batch.column_by_name(name).unwrap().as_primitive::<TimestampMicrosecondType>().value(id - 1);
+    let ts = |name: &str, id: usize| {
+        batch.column_by_name(name).unwrap().as_primitive::<TimestampMicrosecondType>().value(id - 1)
+    };
     assert_eq!(ts("ts", 3), i64::MAX);
     assert_eq!(ts("tstz", 2), -i64::MAX);
     assert_eq!(batch.column_by_name("d").unwrap().as_primitive::<Date32Type>().value(2), i32::MAX);

@@ -173,16 +173,21 @@ pub struct ChangeBatchBuilder {
     before: Option<(Vec<Column>, NullBufferBuilder)>,
     unchanged: ListBuilder<StringBuilder>,
     unmapped: MapBuilder<StringBuilder, StringBuilder>,
+    /// Arrow bytes of the rows so far, estimated from value widths.
     bytes: usize,
+    /// Fixed width of each table column.
+    widths: Vec<usize>,
 }
 
-/// Fixed bytes each row costs in a batch (contract columns, offsets).
+/// Bytes each row costs besides its table columns: the contract columns,
+/// the side columns' offsets and the validity bits.
 const ROW_OVERHEAD: usize = 40;
 
 impl ChangeBatchBuilder {
     pub fn new(schema: Arc<ChangeSchema>) -> ChangeBatchBuilder {
         let columns = || schema.spec.columns.iter().map(|c| Column::new(c.kind)).collect::<Vec<_>>();
         let before = schema.include_before.then(|| (columns(), NullBufferBuilder::new(0)));
+        let widths = schema.spec.columns.iter().map(|c| c.kind.width()).collect();
         ChangeBatchBuilder {
             columns: columns(),
             before,
@@ -195,6 +200,7 @@ impl ChangeBatchBuilder {
             unchanged: ListBuilder::new(StringBuilder::new()),
             unmapped: MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()),
             bytes: 0,
+            widths,
         }
     }
 
@@ -211,7 +217,8 @@ impl ChangeBatchBuilder {
         self.ops.is_empty()
     }
 
-    /// A rough size of the batch so far, for the byte bound on messages.
+    /// The size of the batch's Arrow buffers so far, estimated closely from
+    /// value widths and lengths: the byte bound on messages.
     pub fn approx_bytes(&self) -> usize {
         self.bytes
     }
@@ -287,7 +294,7 @@ impl Row<'_> {
     /// Appends a scalar value; a refused value becomes a null (the caller
     /// then records its text with [`Row::unmapped`]).
     pub fn value(&mut self, image: Image, index: usize, value: Value<'_>) -> Result<(), PushError> {
-        self.batch.bytes += value.approx_size();
+        self.batch.bytes += self.batch.widths.get(index).copied().unwrap_or(0) + value.variable_len();
         match self.column(image, index) {
             Some(Column::Scalar(c)) => c.push(value),
             Some(column @ Column::List(_)) => {
@@ -300,7 +307,9 @@ impl Row<'_> {
 
     /// Appends a one-dimensional array value.
     pub fn list(&mut self, image: Image, index: usize, elements: &[Option<Value<'_>>]) -> Result<(), PushError> {
-        self.batch.bytes += elements.iter().flatten().map(Value::approx_size).sum::<usize>() + 4;
+        let element_width = self.batch.schema.spec.columns.get(index).map_or(0, |c| c.kind.scalar().width());
+        self.batch.bytes +=
+            4 + elements.iter().map(|e| element_width + e.as_ref().map_or(0, Value::variable_len)).sum::<usize>();
         match self.column(image, index) {
             Some(Column::List(c)) => c.push(elements),
             Some(column @ Column::Scalar(_)) => {
@@ -313,7 +322,7 @@ impl Row<'_> {
 
     /// Appends a SQL NULL.
     pub fn null(&mut self, image: Image, index: usize) {
-        self.batch.bytes += 1;
+        self.batch.bytes += self.batch.widths.get(index).copied().unwrap_or(0);
         if let Some(c) = self.column(image, index) {
             c.push_null();
         }
@@ -329,7 +338,7 @@ impl Row<'_> {
     /// Records the PostgreSQL text of a value its column refused (the
     /// column already holds a null for it).
     pub fn unmapped(&mut self, image: Image, index: usize, text: String) {
-        self.batch.bytes += text.len();
+        self.batch.bytes += 8 + text.len();
         self.unmapped.push((image, index, text));
     }
 
@@ -339,6 +348,7 @@ impl Row<'_> {
         if let Some((columns, validity)) = &mut batch.before {
             if old_values == 0 {
                 columns.iter_mut().for_each(Column::push_null);
+                batch.bytes += batch.widths.iter().sum::<usize>();
             }
             validity.append(old_values > 0);
         }

@@ -93,12 +93,13 @@ impl<'a> Value<'a> {
         })
     }
 
-    /// A rough size of the value in a batch, for the byte bound on messages.
-    pub fn approx_size(&self) -> usize {
+    /// The variable-length bytes of the value (a string's or binary's; a
+    /// numeric's payload stands in for its text), for the byte bound on
+    /// messages.
+    pub fn variable_len(&self) -> usize {
         match self {
-            Value::Numeric(b) | Value::Text(b) | Value::Bytes(b) => b.len() + 4,
-            Value::Uuid(_) | Value::Interval { .. } => 16,
-            _ => 8,
+            Value::Numeric(b) | Value::Text(b) | Value::Bytes(b) => b.len(),
+            _ => 0,
         }
     }
 }

@@ -140,6 +140,15 @@ impl Kind {
         }
     }
 
+    /// Bytes a value of this kind takes in a batch besides its variable
+    /// part (offsets for strings and lists).
+    pub fn width(&self) -> usize {
+        match self {
+            Kind::Scalar(s) => s.width(),
+            Kind::List(_) => 4,
+        }
+    }
+
     /// The scalar of the column or of its elements.
     pub fn scalar(&self) -> Scalar {
         match self {
@@ -211,6 +220,27 @@ impl Scalar {
             Scalar::TimestampTz => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             Scalar::Interval => DataType::Interval(arrow_schema::IntervalUnit::MonthDayNano),
             Scalar::Uuid => DataType::FixedSizeBinary(16),
+        }
+    }
+
+    /// Bytes one value takes in its Arrow buffers, besides the bytes of a
+    /// string or binary value.
+    pub fn width(&self) -> usize {
+        match self {
+            Scalar::Bool => 1,
+            Scalar::Int16 => 2,
+            Scalar::Int32 | Scalar::Oid | Scalar::Float32 | Scalar::Date => 4,
+            Scalar::Int64 | Scalar::Float64 | Scalar::Time | Scalar::Timestamp | Scalar::TimestampTz => 8,
+            Scalar::Decimal128 { .. } | Scalar::Interval | Scalar::Uuid => 16,
+            Scalar::Decimal256 { .. } => 32,
+            Scalar::NumericText
+            | Scalar::Text
+            | Scalar::Name
+            | Scalar::Bytea
+            | Scalar::Json
+            | Scalar::Jsonb
+            | Scalar::Enum
+            | Scalar::Other => 4,
         }
     }
 
