@@ -75,6 +75,34 @@ pub fn read_streams_with_separator(bytes: &[u8], separator: Option<u8>) -> Vec<V
     streams
 }
 
+/// Calls `each` with every stream of a reader of concatenated IPC streams,
+/// each followed by `separator`, without holding more than one in memory.
+/// Returns the number of streams.
+pub fn for_each_stream(mut reader: impl Read, separator: Option<u8>, mut each: impl FnMut(Vec<RecordBatch>)) -> usize {
+    let mut streams = 0;
+    loop {
+        // A stream starts with the 0xFFFFFFFF continuation marker; a clean
+        // end of input comes right before one.
+        let mut marker = [0u8; 4];
+        match reader.read(&mut marker[..1]).expect("read") {
+            0 => return streams,
+            _ => reader.read_exact(&mut marker[1..]).expect("a whole marker"),
+        }
+        let chained = Cursor::new(marker).chain(&mut reader);
+        let batches = StreamReader::try_new(chained, None)
+            .expect("an Arrow IPC stream")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("valid record batches");
+        each(batches);
+        streams += 1;
+        if let Some(separator) = separator {
+            let mut byte = [0u8];
+            reader.read_exact(&mut byte).expect("separator after a stream");
+            assert_eq!(byte[0], separator);
+        }
+    }
+}
+
 fn read_one(cursor: &mut Cursor<&[u8]>) -> Vec<RecordBatch> {
     let reader = StreamReader::try_new(&mut *cursor, None).expect("an Arrow IPC stream");
     reader.collect::<Result<Vec<_>, _>>().expect("valid record batches")

@@ -12,8 +12,10 @@ mod cluster;
 mod decode;
 pub mod values;
 
-pub use cluster::{Cluster, Settings};
-pub use decode::{decode_batches, decode_messages, parse_lsn, read_stream, read_streams_with_separator, Message};
+pub use cluster::{bindir, Cluster, Settings};
+pub use decode::{
+    decode_batches, decode_messages, for_each_stream, parse_lsn, read_stream, read_streams_with_separator, Message,
+};
 
 /// Creates a logical slot that uses the `wal2arrow` plugin.
 pub fn create_slot(client: &mut postgres::Client, name: &str) {
