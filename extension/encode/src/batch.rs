@@ -170,13 +170,36 @@ pub struct ChangeBatchBuilder {
     xids: Vec<u32>,
     commit_times: Vec<i64>,
     columns: Vec<Column>,
-    before: Option<(Vec<Column>, NullBufferBuilder)>,
+    before: Option<Before>,
     unchanged: ListBuilder<StringBuilder>,
     unmapped: MapBuilder<StringBuilder, StringBuilder>,
+    /// Rows since the last `_unchanged` / `_unmapped` value: these columns
+    /// are null in nearly every row, so null runs are appended at once.
+    unchanged_nulls: usize,
+    unmapped_nulls: usize,
     /// Arrow bytes of the rows so far, estimated from value widths.
     bytes: usize,
     /// Fixed width of each table column.
     widths: Vec<usize>,
+}
+
+/// The `_before` struct's children and validity. Rows without an old image
+/// (every insert) are counted and appended as one null run when the next
+/// old image or the end of the batch comes.
+struct Before {
+    columns: Vec<Column>,
+    validity: NullBufferBuilder,
+    pending_nulls: usize,
+}
+
+impl Before {
+    fn flush_nulls(&mut self) {
+        if self.pending_nulls > 0 {
+            self.columns.iter_mut().for_each(|c| c.push_nulls(self.pending_nulls));
+            self.validity.append_n_nulls(self.pending_nulls);
+            self.pending_nulls = 0;
+        }
+    }
 }
 
 /// Bytes each row costs besides its table columns: the contract columns,
@@ -186,7 +209,11 @@ const ROW_OVERHEAD: usize = 40;
 impl ChangeBatchBuilder {
     pub fn new(schema: Arc<ChangeSchema>) -> ChangeBatchBuilder {
         let columns = || schema.spec.columns.iter().map(|c| Column::new(c.kind)).collect::<Vec<_>>();
-        let before = schema.include_before.then(|| (columns(), NullBufferBuilder::new(0)));
+        let before = schema.include_before.then(|| Before {
+            columns: columns(),
+            validity: NullBufferBuilder::new(0),
+            pending_nulls: 0,
+        });
         let widths = schema.spec.columns.iter().map(|c| c.kind.width()).collect();
         ChangeBatchBuilder {
             columns: columns(),
@@ -199,6 +226,8 @@ impl ChangeBatchBuilder {
             commit_times: Vec::new(),
             unchanged: ListBuilder::new(StringBuilder::new()),
             unmapped: MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()),
+            unchanged_nulls: 0,
+            unmapped_nulls: 0,
             bytes: 0,
             widths,
         }
@@ -257,14 +286,17 @@ impl ChangeBatchBuilder {
             name_dictionary(&self.schema.spec.table),
         ];
         arrays.extend(self.columns.iter_mut().map(Column::finish));
-        if let Some((columns, validity)) = &mut self.before {
+        if let Some(before) = &mut self.before {
+            before.flush_nulls();
             let DataType::Struct(fields) = self.schema.arrow.field_with_name(contract::BEFORE)?.data_type().clone()
             else {
                 return Err(ArrowError::SchemaError("_before is not a struct".into()));
             };
-            let children = columns.iter_mut().map(Column::finish).collect();
-            arrays.push(Arc::new(StructArray::try_new(fields, children, validity.finish())?));
+            let children = before.columns.iter_mut().map(Column::finish).collect();
+            arrays.push(Arc::new(StructArray::try_new(fields, children, before.validity.finish())?));
         }
+        self.unchanged.append_nulls(std::mem::take(&mut self.unchanged_nulls));
+        self.unmapped.append_nulls(std::mem::take(&mut self.unmapped_nulls))?;
         arrays.push(Arc::new(self.unchanged.finish()));
         arrays.push(Arc::new(self.unmapped.finish()));
         self.bytes = 0;
@@ -285,8 +317,12 @@ impl Row<'_> {
         match image {
             Image::New => self.batch.columns.get_mut(index),
             Image::Old => {
+                let before = self.batch.before.as_mut()?;
+                if self.old_values == 0 {
+                    before.flush_nulls();
+                }
                 self.old_values += 1;
-                self.batch.before.as_mut().and_then(|(columns, _)| columns.get_mut(index))
+                before.columns.get_mut(index)
             }
         }
     }
@@ -345,12 +381,13 @@ impl Row<'_> {
     /// Completes the row. Without any old-image value, `_before` is null.
     pub fn finish(self) {
         let Row { batch, old_values, unchanged, unmapped } = self;
-        if let Some((columns, validity)) = &mut batch.before {
+        if let Some(before) = &mut batch.before {
             if old_values == 0 {
-                columns.iter_mut().for_each(Column::push_null);
+                before.pending_nulls += 1;
                 batch.bytes += batch.widths.iter().sum::<usize>();
+            } else {
+                before.validity.append_non_null();
             }
-            validity.append(old_values > 0);
         }
         let names = &batch.schema.spec.columns;
         let name = |image: Image, index: usize| match image {
@@ -358,18 +395,19 @@ impl Row<'_> {
             Image::Old => format!("{}{}", contract::BEFORE_PREFIX, names[index].name),
         };
         if unchanged.is_empty() {
-            batch.unchanged.append(false);
+            batch.unchanged_nulls += 1;
         } else {
+            batch.unchanged.append_nulls(std::mem::take(&mut batch.unchanged_nulls));
             for (image, index) in unchanged {
                 batch.unchanged.values().append_value(name(image, index));
             }
             batch.unchanged.append(true);
         }
         if unmapped.is_empty() {
-            // Appending a null map cannot fail: the key and value builders
-            // are untouched.
-            let _ = batch.unmapped.append(false);
+            batch.unmapped_nulls += 1;
         } else {
+            // Appending to a map whose keys and values match cannot fail.
+            let _ = batch.unmapped.append_nulls(std::mem::take(&mut batch.unmapped_nulls));
             for (image, index, text) in unmapped {
                 batch.unmapped.keys().append_value(name(image, index));
                 batch.unmapped.values().append_value(text);
@@ -516,6 +554,46 @@ mod tests {
         let batch = b.finish().unwrap();
         assert_eq!(batch.num_columns(), 7 + 4 + 2);
         assert!(batch.column_by_name("id").unwrap().is_null(0));
+    }
+
+    #[test]
+    fn null_runs_of_side_columns_land_on_the_right_rows() {
+        let mut b = ChangeBatchBuilder::new(Arc::new(ChangeSchema::new(spec(), true)));
+        let amount = long_form(false, 0, 2, &[1]);
+        for (i, op) in [Op::Insert, Op::Insert, Op::Update, Op::Insert, Op::Update, Op::Insert].into_iter().enumerate()
+        {
+            let mut row = b.row(meta(op, i as u64));
+            row.value(Image::New, 0, Value::Int32(i as i32)).unwrap();
+            row.value(Image::New, 1, Value::Numeric(&amount)).unwrap();
+            if i == 2 {
+                row.unchanged(Image::New, 2);
+            } else {
+                row.value(Image::New, 2, Value::Text(b"t")).unwrap();
+            }
+            row.null(Image::New, 3);
+            if op == Op::Update {
+                row.value(Image::Old, 0, Value::Int32(-1)).unwrap();
+                (1..4).for_each(|c| row.null(Image::Old, c));
+            }
+            if i == 4 {
+                row.unmapped(Image::New, 3, "{{1}}".into());
+            }
+            row.finish();
+        }
+        let batch = b.finish().unwrap();
+        let before = batch.column_by_name(contract::BEFORE).unwrap();
+        assert_eq!((0..6).map(|i| before.is_valid(i)).collect::<Vec<_>>(), [false, false, true, false, true, false]);
+        let unchanged = batch.column_by_name(contract::UNCHANGED).unwrap();
+        assert_eq!(
+            (0..6).map(|i| unchanged.is_valid(i)).collect::<Vec<_>>(),
+            [false, false, true, false, false, false]
+        );
+        let unmapped = batch.column_by_name(contract::UNMAPPED).unwrap();
+        assert_eq!((0..6).map(|i| unmapped.is_valid(i)).collect::<Vec<_>>(), [false, false, false, false, true, false]);
+        assert_eq!(
+            batch.column_by_name(contract::UNMAPPED).unwrap().as_map().value(4).column(1).as_string::<i32>().value(0),
+            "{{1}}"
+        );
     }
 
     #[test]

@@ -211,23 +211,27 @@ impl ScalarColumn {
     }
 
     pub fn push_null(&mut self) {
+        self.push_nulls(1);
+    }
+
+    pub fn push_nulls(&mut self, n: usize) {
         match &mut self.store {
-            Store::Bool(b) => b.append_null(),
-            Store::I16(b) => b.append_null(),
-            Store::I32(b) => b.append_null(),
-            Store::I64(b) => b.append_null(),
-            Store::U32(b) => b.append_null(),
-            Store::F32(b) => b.append_null(),
-            Store::F64(b) => b.append_null(),
-            Store::D128(b) => b.append_null(),
-            Store::D256(b) => b.append_null(),
-            Store::Utf8(b) => b.append_null(),
-            Store::Binary(b) => b.append_null(),
-            Store::Date(b) => b.append_null(),
-            Store::Time(b) => b.append_null(),
-            Store::Ts(b) => b.append_null(),
-            Store::Interval(b) => b.append_null(),
-            Store::Fixed(b) => b.append_null(),
+            Store::Bool(b) => b.append_nulls(n),
+            Store::I16(b) => b.append_nulls(n),
+            Store::I32(b) => b.append_nulls(n),
+            Store::I64(b) => b.append_nulls(n),
+            Store::U32(b) => b.append_nulls(n),
+            Store::F32(b) => b.append_nulls(n),
+            Store::F64(b) => b.append_nulls(n),
+            Store::D128(b) => b.append_nulls(n),
+            Store::D256(b) => b.append_nulls(n),
+            Store::Utf8(b) => b.append_nulls(n),
+            Store::Binary(b) => b.append_nulls(n),
+            Store::Date(b) => b.append_nulls(n),
+            Store::Time(b) => b.append_nulls(n),
+            Store::Ts(b) => b.append_nulls(n),
+            Store::Interval(b) => b.append_nulls(n),
+            Store::Fixed(b) => b.append_nulls(n),
         }
     }
 
@@ -427,7 +431,13 @@ impl ListColumn {
     }
 
     pub fn push_null(&mut self) {
-        self.close(false);
+        self.push_nulls(1);
+    }
+
+    pub fn push_nulls(&mut self, n: usize) {
+        let end = self.values.len() as i32;
+        self.offsets.extend(std::iter::repeat_n(end, n));
+        self.validity.append_n_nulls(n);
     }
 
     fn close(&mut self, valid: bool) {
@@ -492,9 +502,13 @@ impl Column {
     }
 
     pub fn push_null(&mut self) {
+        self.push_nulls(1);
+    }
+
+    pub fn push_nulls(&mut self, n: usize) {
         match self {
-            Column::Scalar(c) => c.push_null(),
-            Column::List(c) => c.push_null(),
+            Column::Scalar(c) => c.push_nulls(n),
+            Column::List(c) => c.push_nulls(n),
         }
     }
 

@@ -64,6 +64,14 @@ fn digit_iter(digits: &[u8]) -> impl Iterator<Item = i16> + '_ {
     digits.chunks_exact(2).map(|d| i16::from_le_bytes([d[0], d[1]]))
 }
 
+/// Checks the precision bound and applies the sign.
+fn finish_decimal<W: Wide>(unscaled: W, negative: bool, precision: u8) -> Option<W> {
+    if unscaled >= W::pow10(precision.into())? {
+        return None;
+    }
+    Some(if negative { unscaled.neg() } else { unscaled })
+}
+
 /// Integer arithmetic the decimal conversion needs, for i128 and i256.
 trait Wide: Copy + Ord {
     const ZERO: Self;
@@ -131,26 +139,50 @@ impl Numeric<'_> {
     }
 
     fn to_decimal<W: Wide>(&self, precision: u8, scale: i8) -> Option<W> {
-        let Numeric::Finite { negative, weight, digits, .. } = *self else {
-            return None;
-        };
+        let Numeric::Finite { negative, weight, digits, .. } = *self else { return None };
+        let count = digits.len() / 2;
+        // Digit i is worth NBASE^(weight - i); times 10^scale, the last
+        // digit's power of ten is:
+        let last_exponent = DEC_DIGITS * (i32::from(weight) + 1 - count as i32) + i32::from(scale);
+        let mut acc = W::ZERO;
+        for (i, digit) in digit_iter(digits).enumerate() {
+            let digit = i64::from(digit);
+            acc = if i + 1 < count || last_exponent >= 0 {
+                acc.checked_mul(W::from_i64(NBASE))?.checked_add(W::from_i64(digit))?
+            } else if last_exponent > -DEC_DIGITS {
+                // The last digit reaches past the scale: its dropped decimal
+                // digits must be zeros (numeric(p,s) rounds on input), and
+                // dividing it, a number below 10000, is cheap.
+                let cut = 10i64.pow(last_exponent.unsigned_abs());
+                if digit % cut != 0 {
+                    return None;
+                }
+                acc.checked_mul(W::from_i64(NBASE / cut))?.checked_add(W::from_i64(digit / cut))?
+            } else {
+                // A whole digit beyond the scale: only exact if it and the
+                // digits before it reach no further than the scale.
+                return self.to_decimal_by_division(precision, scale);
+            };
+        }
+        let unscaled = if last_exponent > 0 { acc.checked_mul(W::pow10(last_exponent.unsigned_abs())?)? } else { acc };
+        finish_decimal(unscaled, negative, precision)
+    }
+
+    /// The general case: accumulate every digit, then divide exactly.
+    fn to_decimal_by_division<W: Wide>(&self, precision: u8, scale: i8) -> Option<W> {
+        let Numeric::Finite { negative, weight, digits, .. } = *self else { return None };
         let count = digits.len() / 2;
         let mut acc = W::ZERO;
         for digit in digit_iter(digits) {
             acc = acc.checked_mul(W::from_i64(NBASE))?.checked_add(W::from_i64(digit.into()))?;
         }
-        // acc is the value times NBASE^(count - 1 - weight); shift it to
-        // the value times 10^scale.
         let exponent = DEC_DIGITS * (i32::from(weight) + 1 - count as i32) + i32::from(scale);
         let unscaled = if exponent >= 0 {
             acc.checked_mul(W::pow10(exponent.unsigned_abs())?)?
         } else {
             acc.checked_div_exact(W::pow10(exponent.unsigned_abs())?)?
         };
-        if unscaled >= W::pow10(precision.into())? {
-            return None;
-        }
-        Some(if negative { unscaled.neg() } else { unscaled })
+        finish_decimal(unscaled, negative, precision)
     }
 
     /// Appends the text `numeric_out` prints for this value.
@@ -281,6 +313,12 @@ pub(crate) mod tests {
         assert_eq!(n.to_decimal128(2, -3), Some(99));
         assert_eq!(parse(&short_form(false, 0, 0, &[])).unwrap().to_decimal128(10, 2), Some(0));
         assert_eq!(parse(&0xC000u16.to_le_bytes()).unwrap().to_decimal128(10, 2), None);
+        // A whole zero digit group past the scale (PostgreSQL strips those,
+        // but the bytes allow it) takes the division path.
+        let bytes = long_form(false, 0, 0, &[7, 0, 0]);
+        assert_eq!(parse(&bytes).unwrap().to_decimal128(5, 2), Some(700));
+        let bytes = long_form(false, 0, 0, &[7, 0, 1]);
+        assert_eq!(parse(&bytes).unwrap().to_decimal128(5, 2), None);
         // The largest numeric(38,0): 38 nines.
         let mut digits = vec![99];
         digits.extend([9999; 9]);
