@@ -4,6 +4,10 @@
 //! changes into Arrow IPC streams; the pure conversions it relies on live in
 //! the `pgcdc-encode` crate.
 
+mod gucs;
+mod pgtype;
 mod plugin;
+mod report;
+mod sql_api;
 
 ::pgrx::pg_module_magic!(name, version);

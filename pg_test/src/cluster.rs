@@ -4,7 +4,7 @@ use postgres::{Client, NoTls};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Server settings beyond the defaults every cluster gets.
 #[derive(Debug, Clone)]
@@ -115,6 +115,19 @@ impl Cluster {
     pub fn connect_to(&self, dbname: &str) -> Client {
         Client::connect(&self.conninfo(dbname), NoTls)
             .unwrap_or_else(|e| panic!("connect to {dbname}: {e}\nserver log:\n{}", self.log()))
+    }
+
+    /// A connection as `user` that collects the server's notices and
+    /// warnings ("SEVERITY: message").
+    pub fn connect_collecting_notices(&self, dbname: &str, user: &str) -> (Client, Arc<Mutex<Vec<String>>>) {
+        let notices = Arc::new(Mutex::new(Vec::new()));
+        let sink = notices.clone();
+        let mut config: postgres::Config = self.conninfo(dbname).parse().expect("a valid conninfo");
+        config.user(user).notice_callback(move |notice| {
+            sink.lock().unwrap().push(format!("{}: {}", notice.severity(), notice.message()));
+        });
+        let client = config.connect(NoTls).unwrap_or_else(|e| panic!("connect to {dbname} as {user}: {e}"));
+        (client, notices)
     }
 
     /// Creates a database with the pgcdc extension and connects to it.

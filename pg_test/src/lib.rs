@@ -12,7 +12,7 @@ mod cluster;
 mod decode;
 pub mod values;
 
-pub use cluster::{bindir, Cluster, Settings};
+pub use cluster::{bindir, has_output_plugin_libraries, Cluster, Settings};
 pub use decode::{
     decode_batches, decode_messages, for_each_stream, parse_lsn, read_stream, read_streams_with_separator, Message,
 };

@@ -237,18 +237,20 @@ impl TableFilter {
 /// "did you mean" hint.
 pub fn nearest<'a>(pattern: &str, tables: &'a [(String, String)], limit: usize) -> Vec<String> {
     let wanted = pattern.replace('"', "").to_lowercase();
-    let mut scored: Vec<(usize, String)> = tables
+    // Closest first; among equals, the longest shared prefix first.
+    let mut scored: Vec<(usize, std::cmp::Reverse<usize>, String)> = tables
         .iter()
         .map(|(s, t)| {
             let name = format!("{s}.{t}");
-            let score =
-                strsim::levenshtein(&wanted, &name.to_lowercase()).min(strsim::levenshtein(&wanted, &t.to_lowercase()));
-            (score, name)
+            let lower = name.to_lowercase();
+            let distance = strsim::levenshtein(&wanted, &lower).min(strsim::levenshtein(&wanted, &t.to_lowercase()));
+            let prefix = wanted.chars().zip(lower.chars()).take_while(|(a, b)| a == b).count();
+            (distance, std::cmp::Reverse(prefix), name)
         })
         .collect();
     scored.sort();
     scored.dedup();
-    scored.into_iter().take(limit).map(|(_, name)| name).collect()
+    scored.into_iter().take(limit).map(|(_, _, name)| name).collect()
 }
 
 #[cfg(test)]
@@ -359,6 +361,10 @@ mod tests {
             .to_vec();
         assert_eq!(nearest("public.user", &tables, 1), ["public.users"]);
         assert_eq!(nearest("ordrs", &tables, 1), ["public.orders"]);
+        let more: Vec<(String, String)> = [("public", "users"), ("public", "orders"), ("public", "user_001")]
+            .map(|(s, t)| (s.into(), t.into()))
+            .to_vec();
+        assert_eq!(nearest("public.user", &more, 2), ["public.users", "public.user_001"], "shared prefixes break ties");
     }
 
     /// Random strings over the characters that matter to the grammar either

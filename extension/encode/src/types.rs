@@ -149,6 +149,15 @@ impl Kind {
         }
     }
 
+    /// A short name of the Arrow type, e.g. `Decimal128(12, 2)`,
+    /// `List<Int32>`, `Utf8 (arrow.json)`.
+    pub fn arrow_name(&self) -> String {
+        match self {
+            Kind::Scalar(s) => s.arrow_name(),
+            Kind::List(s) => format!("List<{}>", s.arrow_name()),
+        }
+    }
+
     /// The scalar of the column or of its elements.
     pub fn scalar(&self) -> Scalar {
         match self {
@@ -220,6 +229,21 @@ impl Scalar {
             Scalar::TimestampTz => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
             Scalar::Interval => DataType::Interval(arrow_schema::IntervalUnit::MonthDayNano),
             Scalar::Uuid => DataType::FixedSizeBinary(16),
+        }
+    }
+
+    /// A short name of the Arrow type, with the extension type if any.
+    pub fn arrow_name(&self) -> String {
+        let base = match self.data_type() {
+            DataType::Timestamp(TimeUnit::Microsecond, None) => "Timestamp(µs)".to_owned(),
+            DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) => format!("Timestamp(µs, {tz})"),
+            DataType::Time64(TimeUnit::Microsecond) => "Time64(µs)".to_owned(),
+            DataType::Interval(_) => "Interval(MonthDayNano)".to_owned(),
+            other => other.to_string(),
+        };
+        match self.extension_name() {
+            Some(ext) => format!("{base} ({ext})"),
+            None => base,
         }
     }
 
@@ -355,6 +379,16 @@ mod tests {
             Scalar::of(&t(oid::TIMESTAMPTZ, -1)).data_type(),
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
         );
+    }
+
+    #[test]
+    fn arrow_names_are_short() {
+        assert_eq!(Kind::Scalar(Scalar::Decimal128 { precision: 12, scale: 2 }).arrow_name(), "Decimal128(12, 2)");
+        assert_eq!(Kind::List(Scalar::Int32).arrow_name(), "List<Int32>");
+        assert_eq!(Kind::Scalar(Scalar::Jsonb).arrow_name(), "Utf8 (arrow.json)");
+        assert_eq!(Kind::Scalar(Scalar::Uuid).arrow_name(), "FixedSizeBinary(16) (arrow.uuid)");
+        assert_eq!(Kind::Scalar(Scalar::TimestampTz).arrow_name(), "Timestamp(µs, UTC)");
+        assert_eq!(Kind::Scalar(Scalar::Date).arrow_name(), "Date32");
     }
 
     #[test]

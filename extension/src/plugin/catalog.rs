@@ -2,11 +2,11 @@
 //! to, and what reading its datums takes (storage layout, cached output
 //! functions). Done once per relation and schema version, never per row.
 
+use crate::pgtype::{self, cstr};
 use pgcdc_encode::batch::{ColumnSpec, TableSpec};
 use pgcdc_encode::pgformat::array::ElementLayout;
-use pgcdc_encode::types::{Kind, PgType};
+use pgcdc_encode::types::Kind;
 use pgrx::pg_sys;
-use std::ffi::CStr;
 
 /// How to read one column's datums.
 pub struct ColumnPlan {
@@ -39,16 +39,6 @@ pub struct RelationPlan {
     pub natts: usize,
     /// Holds the cached `FmgrInfo`s; deleted by [`RelationPlan::release`].
     context: pg_sys::MemoryContext,
-}
-
-/// `pg_type` fields the mapping needs.
-struct TypeRow {
-    name: String,
-    typtype: u8,
-    typlen: i16,
-    byval: bool,
-    align: u8,
-    output: pg_sys::Oid,
 }
 
 impl RelationPlan {
@@ -89,42 +79,21 @@ impl RelationPlan {
                         i32::from(att.attnum) - pg_sys::FirstLowInvalidHeapAttributeNumber,
                         identity,
                     );
-                let pg_type_text = cstr(pg_sys::format_type_with_typemod(att.atttypid, att.atttypmod));
-                let mut typmod = att.atttypmod;
-                let base = pg_sys::getBaseTypeAndTypmod(att.atttypid, &mut typmod);
-                let row = type_row(base);
-                let element_oid = pg_sys::get_element_type(base);
-                let (element_type, element) = if element_oid == pg_sys::InvalidOid {
-                    (None, None)
-                } else {
-                    let mut element_typmod = typmod;
-                    let element_base = pg_sys::getBaseTypeAndTypmod(element_oid, &mut element_typmod);
-                    let erow = type_row(element_base);
-                    let plan = ElementPlan {
-                        layout: ElementLayout { len: erow.typlen, align: erow.align },
-                        byval: erow.byval,
-                        output: output_function(erow.output, context),
-                    };
-                    let t = PgType {
-                        oid: element_base.to_u32(),
-                        typmod: element_typmod,
-                        name: erow.name,
-                        typtype: erow.typtype,
-                        element: None,
-                    };
-                    (Some(Box::new(t)), Some(plan))
-                };
-                let pg_type =
-                    PgType { oid: base.to_u32(), typmod, name: row.name, typtype: row.typtype, element: element_type };
-                let kind = Kind::of(&pg_type);
+                let info = pgtype::describe(att.atttypid, att.atttypmod);
+                let kind = info.kind;
+                let pg_type_text = pgtype::format(att.atttypid, att.atttypmod);
                 specs.push(ColumnSpec { name: cstr(att.attname.data.as_ptr()), pg_type: pg_type_text, kind, key });
                 columns.push(ColumnPlan {
                     attidx,
                     kind,
-                    typlen: row.typlen,
-                    byval: row.byval,
-                    output: output_function(row.output, context),
-                    element: if matches!(kind, Kind::List(_)) { element } else { None },
+                    typlen: info.typlen,
+                    byval: info.byval,
+                    output: output_function(info.output, context),
+                    element: info.element.map(|e| ElementPlan {
+                        layout: e.layout,
+                        byval: e.byval,
+                        output: output_function(e.output, context),
+                    }),
                 });
             }
             let spec = TableSpec {
@@ -147,32 +116,6 @@ impl RelationPlan {
     }
 }
 
-/// Looks up a type's `pg_type` row.
-///
-/// # Safety
-/// Catalog access must be possible (a transaction or decoding is active).
-unsafe fn type_row(oid: pg_sys::Oid) -> TypeRow {
-    // SAFETY: the syscache returns a pinned tuple whose struct is a
-    // FormData_pg_type until ReleaseSysCache, which we call after copying.
-    unsafe {
-        let tuple = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::TYPEOID as i32, oid.into());
-        if tuple.is_null() {
-            pgrx::error!("wal2arrow: cache lookup failed for type {}", oid.to_u32());
-        }
-        let form = &*pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tuple);
-        let row = TypeRow {
-            name: cstr(form.typname.data.as_ptr()),
-            typtype: form.typtype as u8,
-            typlen: form.typlen,
-            byval: form.typbyval,
-            align: form.typalign as u8,
-            output: form.typoutput,
-        };
-        pg_sys::ReleaseSysCache(tuple);
-        row
-    }
-}
-
 /// An `FmgrInfo` for `function`, allocated in `context`.
 ///
 /// # Safety
@@ -185,13 +128,4 @@ unsafe fn output_function(function: pg_sys::Oid, context: pg_sys::MemoryContext)
         pg_sys::fmgr_info_cxt(function, info, context);
         info
     }
-}
-
-/// Copies a C string PostgreSQL returned.
-///
-/// # Safety
-/// `ptr` must point to a NUL-terminated string.
-unsafe fn cstr(ptr: *const std::ffi::c_char) -> String {
-    // SAFETY: guaranteed by the caller.
-    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
 }

@@ -10,8 +10,9 @@
 
 use super::catalog::RelationPlan;
 use super::datum::{self, Read};
-use super::error::{OrReport, PluginError};
+use super::error::PluginError;
 use super::publication::{Actions, Publications};
+use crate::report::OrReport;
 use pgcdc_encode::batch::{ChangeBatchBuilder, ChangeSchema, Image, Row, RowMeta};
 use pgcdc_encode::column::PushError;
 use pgcdc_encode::ipc;

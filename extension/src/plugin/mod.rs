@@ -8,8 +8,9 @@ mod decoder;
 mod error;
 mod publication;
 
+use crate::report::OrReport;
 use decoder::Decoder;
-use error::OrReport;
+use error::PluginError;
 use pgcdc_encode::options::Options;
 use pgrx::pg_guard;
 use pgrx::pg_sys;
@@ -41,7 +42,9 @@ unsafe extern "C-unwind" fn startup(
         (*opts).output_type = pg_sys::OutputPluginOutputType::OUTPUT_PLUGIN_BINARY_OUTPUT;
         (*opts).receive_rewrites = false;
         let pairs = option_pairs((*ctx).output_plugin_options);
-        let options = Options::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_deref()))).or_report();
+        let options = Options::parse(pairs.iter().map(|(k, v)| (k.as_str(), v.as_deref())))
+            .map_err(PluginError::from)
+            .or_report();
         check_publications_exist(&options);
         register_invalidation_callbacks();
         let decoder = Box::into_raw(Box::new(Decoder::new(options, (*ctx).context)));

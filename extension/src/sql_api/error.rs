@@ -1,0 +1,71 @@
+//! Errors of the `cdc_*` functions.
+
+use crate::report::Report;
+use pgcdc_reader::pattern::PatternError;
+use pgrx::PgSqlErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    /// The whole report of every configuration problem (DESIGN §3).
+    #[error("{0}")]
+    NotConfigured(String),
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    #[error("{}", no_match_message(.patterns))]
+    NoMatch { patterns: Vec<String>, nearest: Vec<String> },
+    #[error("every table the patterns match is excluded")]
+    AllExcluded,
+    #[error("replication slot \"{slot}\" exists with output plugin \"{plugin}\", not wal2arrow")]
+    SlotPlugin { slot: String, plugin: String },
+    #[error("role \"{0}\" does not exist")]
+    NoSuchRole(String),
+    #[error("table \"{0}\".\"{1}\" does not exist")]
+    NoSuchTable(String, String),
+    #[error("no pgcdc stream uses replication slot \"{0}\"")]
+    NoSuchStream(String),
+    #[error(transparent)]
+    Spi(#[from] pgrx::spi::Error),
+}
+
+fn no_match_message(patterns: &[String]) -> String {
+    match patterns {
+        [one] => format!("table pattern \"{one}\" matches no table"),
+        many => format!(
+            "table patterns {} match no table",
+            many.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+impl Report for SqlError {
+    fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            SqlError::NotConfigured(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            SqlError::Pattern(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            SqlError::NoMatch { .. } | SqlError::AllExcluded | SqlError::NoSuchTable(..) => ERRCODE_UNDEFINED_TABLE,
+            SqlError::SlotPlugin { .. } => ERRCODE_DUPLICATE_OBJECT,
+            SqlError::NoSuchRole(_) | SqlError::NoSuchStream(_) => ERRCODE_UNDEFINED_OBJECT,
+            SqlError::Spi(_) => ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            SqlError::NotConfigured(_) | SqlError::Spi(_) => None,
+            SqlError::Pattern(_) => Some(
+                "Patterns are schema.table regular expressions: * alone means any name, \\. any character, and \"Quoted\" parts are exact names."
+                    .into(),
+            ),
+            SqlError::NoMatch { nearest, .. } if !nearest.is_empty() => Some(format!("Did you mean {}?", nearest.join(" or "))),
+            SqlError::NoMatch { .. } => Some("This database has no tables to capture yet.".into()),
+            SqlError::AllExcluded => Some("Check the exclude list.".into()),
+            SqlError::SlotPlugin { slot, .. } => {
+                Some(format!("Choose another slot_name, or drop the slot with pg_drop_replication_slot('{slot}')."))
+            }
+            SqlError::NoSuchRole(_) => Some("Create the role first, or leave grant_to NULL.".into()),
+            SqlError::NoSuchTable(..) => Some("See cdc_discover_tables().".into()),
+            SqlError::NoSuchStream(_) => Some("See SELECT slot_name FROM pgcdc.streams.".into()),
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! The SQL surface of DESIGN §3: the `cdc_*` functions. Each is a thin
+//! wrapper; the work is in the submodules and errors are raised here.
+
+mod config;
+mod configure;
+mod discover;
+mod error;
+mod lookup;
+
+use crate::report::OrReport;
+use configure::Request;
+use pgrx::prelude::*;
+
+pgrx::extension_sql_file!("../../../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+
+/// Every user table: ordinary and partitioned tables outside the system
+/// schemas (partitions are reported as their root).
+#[pg_extern]
+fn cdc_discover_tables() -> TableIterator<'static, (name!(schema_name, String), name!(table_name, String))> {
+    let tables = discover::tables().or_report();
+    TableIterator::new(tables.into_iter().map(|t| (t.schema, t.name)))
+}
+
+/// The columns of a table: PostgreSQL type, nullability, the Arrow type the
+/// change batch carries, and whether the column identifies rows in WAL.
+#[pg_extern]
+fn cdc_table_columns(
+    schema_name: &str,
+    table_name: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(column_name, String),
+        name!(pg_type, String),
+        name!(nullable, bool),
+        name!(arrow_type, String),
+        name!(replica_identity, bool),
+    ),
+> {
+    let columns = discover::columns(schema_name, table_name).or_report();
+    TableIterator::new(columns.into_iter().map(|c| (c.name, c.pg_type, c.nullable, c.arrow_type, c.replica_identity)))
+}
+
+/// The tables the patterns select, minus the excluded ones, sorted.
+#[pg_extern]
+fn cdc_match_tables(
+    patterns: Vec<String>,
+    exclude: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<'static, (name!(schema_name, String), name!(table_name, String))> {
+    let tables = discover::matching(&patterns, &exclude.unwrap_or_default()).or_report();
+    TableIterator::new(tables.into_iter().map(|t| (t.schema, t.name)))
+}
+
+/// One row per requirement of change data capture, with how to fix it.
+#[pg_extern]
+fn cdc_check_config() -> TableIterator<
+    'static,
+    (
+        name!(setting, String),
+        name!(current_value, String),
+        name!(required, String),
+        name!(ok, bool),
+        name!(fix, String),
+    ),
+> {
+    let checks = config::checks(1).or_report();
+    TableIterator::new(checks.into_iter().map(|c| (c.setting, c.current, c.required, c.ok, c.fix)))
+}
+
+/// Configures change data capture for the tables one pattern selects.
+#[pg_extern(name = "cdc_auto_configure")]
+fn cdc_auto_configure_one(
+    tables: &str,
+    exclude: default!(Option<Vec<String>>, "NULL"),
+    slot_name: default!(&str, "'pgcdc'"),
+    publication_name: default!(Option<&str>, "NULL"),
+    route_by_table: default!(bool, true),
+    grant_to: default!(Option<&str>, "NULL"),
+) -> TableIterator<'static, (name!(schema_name, String), name!(table_name, String), name!(route, String))> {
+    cdc_auto_configure(vec![tables.to_owned()], exclude, slot_name, publication_name, route_by_table, grant_to)
+}
+
+/// Configures change data capture for the tables the patterns select:
+/// validates the server, creates or updates the publication, creates the
+/// `wal2arrow` slot, grants read access, and records the stream. Running it
+/// again with the same arguments changes nothing.
+#[pg_extern]
+fn cdc_auto_configure(
+    tables: Vec<String>,
+    exclude: default!(Option<Vec<String>>, "NULL"),
+    slot_name: default!(&str, "'pgcdc'"),
+    publication_name: default!(Option<&str>, "NULL"),
+    route_by_table: default!(bool, true),
+    grant_to: default!(Option<&str>, "NULL"),
+) -> TableIterator<'static, (name!(schema_name, String), name!(table_name, String), name!(route, String))> {
+    let routes = configure::auto_configure(Request {
+        patterns: tables,
+        exclude: exclude.unwrap_or_default(),
+        slot: slot_name.to_owned(),
+        publication: publication_name.map(str::to_owned),
+        route_by_table,
+        grant_to: grant_to.map(str::to_owned),
+    })
+    .or_report();
+    TableIterator::new(routes.into_iter().map(|r| (r.schema, r.table, r.route)))
+}
+
+/// Removes a stream: its replication slot, its publication and its rows in
+/// the pgcdc catalog.
+#[pg_extern]
+fn cdc_drop(slot_name: &str) {
+    configure::drop(slot_name).or_report();
+}
