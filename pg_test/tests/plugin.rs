@@ -114,6 +114,52 @@ fn publications_filter_tables_and_actions_like_pgoutput() {
 }
 
 #[test]
+fn partitions_publish_through_their_root_when_asked() {
+    let cluster = Cluster::start();
+    let mut client = cluster.database_with_pgcdc("partitions");
+    client
+        .batch_execute(
+            "CREATE TABLE m (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+             CREATE TABLE m_2024 (v text, at date NOT NULL, id int NOT NULL);
+             ALTER TABLE m ATTACH PARTITION m_2024 FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+             CREATE TABLE m_2025 PARTITION OF m FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+             CREATE PUBLICATION viaroot FOR TABLE m WITH (publish_via_partition_root = true);
+             CREATE PUBLICATION bypart FOR TABLE m;",
+        )
+        .unwrap();
+    create_slot(&mut client, "viaroot");
+    create_slot(&mut client, "bypart");
+    client
+        .batch_execute(
+            "INSERT INTO m VALUES (1, '2024-05-01', 'a'), (2, '2025-05-01', 'b');
+             UPDATE m SET v = 'c' WHERE id = 1; TRUNCATE m;",
+        )
+        .unwrap();
+
+    let root = decode_batches(&mut client, "viaroot", &[("publication_names", "viaroot")]);
+    assert_eq!(root.len(), 1, "both partitions' rows in the root's one batch");
+    let m = &root[0];
+    assert_eq!(m.schema().metadata()[contract::META_TABLE], "m");
+    let columns: Vec<String> = m.schema().fields().iter().skip(7).take(3).map(|f| f.name().clone()).collect();
+    assert_eq!(columns, ["id", "at", "v"], "the root's column order, whatever the partition's");
+    assert_eq!(ops(m), ["c", "c", "u", "t"]);
+    assert_eq!(ints(m, "id"), [Some(1), Some(2), Some(1), None]);
+    assert_eq!(strings(m, "v"), [Some("a".into()), Some("b".into()), Some("c".into()), None]);
+
+    let parts = decode_batches(&mut client, "bypart", &[("publication_names", "bypart")]);
+    let summary: Vec<(String, Vec<String>)> =
+        parts.iter().map(|b| (b.schema().metadata()[contract::META_TABLE].clone(), ops(b))).collect();
+    assert_eq!(
+        summary,
+        [
+            ("m_2024".to_owned(), vec!["c".to_owned(), "u".to_owned(), "t".to_owned()]),
+            ("m_2025".to_owned(), vec!["c".to_owned(), "t".to_owned()]),
+        ]
+    );
+    assert_eq!(strings(&parts[0], "v"), [Some("a".into()), Some("c".into()), None]);
+}
+
+#[test]
 fn options_shape_batches_and_bad_options_are_errors_that_lose_nothing() {
     let cluster = Cluster::start();
     let mut client = cluster.database_with_pgcdc("options");

@@ -187,11 +187,17 @@ fn auto_configure_creates_everything_once_and_follows_pattern_changes() {
     assert_eq!(rows(&mut client, versions), before, "a repeated call changes nothing");
 
     // The slot streams the matched tables, through the publication.
-    client.batch_execute("INSERT INTO public.users VALUES (1, 'ada'); INSERT INTO public.user_abc VALUES (1); INSERT INTO sales.orders VALUES (1)").unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO public.users VALUES (1, 'ada'); INSERT INTO public.user_abc VALUES (1);
+             INSERT INTO sales.orders VALUES (1); INSERT INTO public.events VALUES (7, '2024-03-01')",
+        )
+        .unwrap();
     let batches = decode_batches(&mut client, "cdc", &[("publication_names", "cdc")]);
-    assert_eq!(batches.len(), 1);
-    assert_eq!(batches[0].schema().metadata()[contract::META_TABLE], "users");
+    let tables: Vec<String> = batches.iter().map(|b| b.schema().metadata()[contract::META_TABLE].clone()).collect();
+    assert_eq!(tables, ["users", "events"], "excluded and unmatched tables stay out; a partition reports as its root");
     assert_eq!(ints(&batches[0], "id"), [Some(1)]);
+    assert_eq!(ints(&batches[1], "id"), [Some(7)]);
 
     // A changed pattern list updates the publication and the catalog.
     let narrowed = rows(

@@ -11,7 +11,8 @@
 use super::catalog::RelationPlan;
 use super::datum::{self, Read};
 use super::error::PluginError;
-use super::publication::{Actions, Publications};
+use super::partition::Conversion;
+use super::publication::{Actions, Publications, Published};
 use crate::report::OrReport;
 use pgcdc_encode::batch::{ChangeBatchBuilder, ChangeSchema, Image, Row, RowMeta};
 use pgcdc_encode::column::PushError;
@@ -62,12 +63,25 @@ impl Hasher for OidHasher {
     }
 }
 
-type RelationMap = HashMap<pg_sys::Oid, Entry, BuildHasherDefault<OidHasher>>;
+type RelationMap<V> = HashMap<pg_sys::Oid, V, BuildHasherDefault<OidHasher>>;
 
-struct Entry {
+/// A decoded relation: what is published of it and where its rows go.
+struct Source {
+    epoch: u64,
+    actions: Actions,
+    /// The relation its rows are reported as: itself, or the ancestor a
+    /// publication publishes it through.
+    target: pg_sys::Oid,
+    /// For a partition published through an ancestor.
+    conversion: Option<Conversion>,
+    /// `natts` of the relation's descriptor, to notice a changed one.
+    natts: usize,
+}
+
+/// A reported relation at one schema version, and its open batch.
+struct Target {
     epoch: u64,
     plan: RelationPlan,
-    actions: Actions,
     batch: ChangeBatchBuilder,
     values: Vec<pg_sys::Datum>,
     nulls: Vec<bool>,
@@ -76,16 +90,18 @@ struct Entry {
 pub struct Decoder {
     options: Options,
     publications: Option<Publications>,
-    relations: RelationMap,
-    /// Relations with rows in the current transaction, first touch first.
+    sources: RelationMap<Source>,
+    targets: RelationMap<Target>,
+    /// Targets with rows in the current transaction, first touch first.
     pending: Vec<pg_sys::Oid>,
     wrote: bool,
     changes_since_progress: u32,
     /// Reused IPC encoding buffer.
     buffer: Vec<u8>,
-    /// Parent of the relation plans' contexts: the decoding context.
+    /// Parent of the plans' and conversions' contexts: the decoding context.
     cache_context: pg_sys::MemoryContext,
-    /// Reset after every change: detoasted copies and output-function text.
+    /// Reset after every change: detoasted copies, converted tuples and
+    /// output-function text.
     change_context: pg_sys::MemoryContext,
 }
 
@@ -106,7 +122,8 @@ impl Decoder {
         Decoder {
             publications: options.publication_names.as_deref().map(Publications::new),
             options,
-            relations: RelationMap::default(),
+            sources: RelationMap::default(),
+            targets: RelationMap::default(),
             pending: Vec::new(),
             wrote: false,
             changes_since_progress: 0,
@@ -141,8 +158,9 @@ impl Decoder {
                 pg_sys::ReorderBufferChangeType::REORDER_BUFFER_CHANGE_DELETE => Op::Delete,
                 _ => return,
             };
-            let relid = (*relation).rd_id;
-            if !self.entry(ctx, relation).actions.allows(op) {
+            let relid = self.refresh(ctx, relation);
+            let source = &self.sources[&relid];
+            if !source.actions.allows(op) {
                 return;
             }
             let tp = (*change).data.tp;
@@ -151,19 +169,26 @@ impl Decoder {
                 Op::Update => (tp.newtuple, tp.oldtuple),
                 _ => (tp.oldtuple, tp.oldtuple),
             };
+            let target_oid = source.target;
+            let (desc, conversion) = match &source.conversion {
+                Some(c) => (c.ancestor_desc(), Some(c)),
+                None => ((*relation).rd_att, None),
+            };
             let include_before = self.options.include_before;
             let meta = row_meta(op, (*change).lsn, txn);
-            let entry = self.relations.get_mut(&relid).expect("entry() inserted it");
-            let desc = (*relation).rd_att;
+            let target = self.targets.get_mut(&target_oid).expect("source() prepared the target");
             let guard = ContextGuard::enter(self.change_context);
-            let mut row = entry.batch.row(meta);
-            fill(&mut row, Image::New, new, desc, &entry.plan, &mut entry.values, &mut entry.nulls);
+            let mut row = target.batch.row(meta);
+            let mut image = |image, tuple| {
+                fill(&mut row, image, tuple, desc, conversion, &target.plan, &mut target.values, &mut target.nulls)
+            };
+            image(Image::New, new);
             if include_before && !old.is_null() {
-                fill(&mut row, Image::Old, old, desc, &entry.plan, &mut entry.values, &mut entry.nulls);
+                image(Image::Old, old);
             }
             row.finish();
             drop(guard);
-            self.after_row(ctx, relid);
+            self.after_row(ctx, target_oid);
         }
     }
 
@@ -183,15 +208,19 @@ impl Decoder {
             self.progress(ctx, false);
             let meta = row_meta(Op::Truncate, (*change).lsn, txn);
             for &relation in relations {
-                let relid = (*relation).rd_id;
-                let entry = self.entry(ctx, relation);
-                if !entry.actions.allows(Op::Truncate) {
+                let relid = self.refresh(ctx, relation);
+                let source = &self.sources[&relid];
+                // A partition published through its root is truncated with
+                // it: the root's own row reports that (as in pgoutput).
+                if !source.actions.allows(Op::Truncate) || source.conversion.is_some() {
                     continue;
                 }
-                let mut row = entry.batch.row(meta);
-                (0..entry.plan.columns.len()).for_each(|i| row.null(Image::New, i));
+                let target_oid = source.target;
+                let target = self.targets.get_mut(&target_oid).expect("source() prepared the target");
+                let mut row = target.batch.row(meta);
+                (0..target.plan.columns.len()).for_each(|i| row.null(Image::New, i));
                 row.finish();
-                self.after_row(ctx, relid);
+                self.after_row(ctx, target_oid);
             }
         }
     }
@@ -202,9 +231,9 @@ impl Decoder {
     /// `ctx` as PostgreSQL passes it to a commit callback.
     pub unsafe fn commit(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
         for relid in std::mem::take(&mut self.pending) {
-            if let Some(entry) = self.relations.get_mut(&relid) {
+            if let Some(target) = self.targets.get_mut(&relid) {
                 // SAFETY: forwarded from the caller.
-                unsafe { flush(ctx, entry, &mut self.buffer) };
+                unsafe { flush(ctx, target, &mut self.buffer) };
                 self.wrote = true;
             }
         }
@@ -223,63 +252,93 @@ impl Decoder {
         }
     }
 
-    /// Marks the relation as pending and flushes its batch when full.
+    /// Marks the target as pending and flushes its batch when full.
     unsafe fn after_row(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, relid: pg_sys::Oid) {
         if !self.pending.contains(&relid) {
             self.pending.push(relid);
         }
-        let Some(entry) = self.relations.get_mut(&relid) else { return };
-        if entry.batch.len() >= self.options.batch_rows || entry.batch.approx_bytes() >= self.options.batch_bytes {
+        let Some(target) = self.targets.get_mut(&relid) else { return };
+        if target.batch.len() >= self.options.batch_rows || target.batch.approx_bytes() >= self.options.batch_bytes {
             // SAFETY: `ctx` is the live decoding context.
-            unsafe { flush(ctx, entry, &mut self.buffer) };
+            unsafe { flush(ctx, target, &mut self.buffer) };
             self.wrote = true;
         }
     }
 
-    /// The up-to-date entry of `relation`: re-described after an
-    /// invalidation; a changed schema first flushes the rows of the old one.
-    unsafe fn entry(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, relation: pg_sys::Relation) -> &mut Entry {
+    /// Makes the source entry of `relation` current and prepares its
+    /// target; both are re-described after an invalidation. Returns the
+    /// relation's OID, the key of its entry.
+    unsafe fn refresh(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, relation: pg_sys::Relation) -> pg_sys::Oid {
         // SAFETY: the relation is open for the duration of the callback.
         let (relid, natts) = unsafe { ((*relation).rd_id, (*(*relation).rd_att).natts as usize) };
         let now = epoch();
-        let fresh = self.relations.get(&relid).is_some_and(|e| e.epoch == now && e.plan.natts == natts);
+        let fresh = self.sources.get(&relid).is_some_and(|s| s.epoch == now && s.natts == natts);
         if !fresh {
-            // SAFETY: inside decoding, with an open relation.
-            let plan = unsafe { RelationPlan::describe(relation, self.cache_context) };
-            let actions = match &mut self.publications {
+            let published = match &mut self.publications {
+                // SAFETY: inside decoding, with an open relation.
+                Some(publications) => unsafe { publications.published(relation, now) },
+                None => Published { actions: Actions::ALL, as_ancestor: None },
+            };
+            if let Some(old) = self.sources.remove(&relid) {
+                old.conversion.map(Conversion::release);
+            }
+            let (target, conversion) = match published.as_ancestor {
+                // SAFETY: the ancestor of an open partition can be opened;
+                // it is closed again once described.
+                Some(ancestor) => unsafe {
+                    let ancestor_relation = pg_sys::RelationIdGetRelation(ancestor);
+                    let conversion = Conversion::new(relation, ancestor_relation, self.cache_context);
+                    self.prepare_target(ctx, ancestor_relation, now);
+                    pg_sys::RelationClose(ancestor_relation);
+                    (ancestor, Some(conversion))
+                },
                 // SAFETY: as above.
-                Some(publications) => unsafe { publications.actions(relation, now) },
-                None => Actions::ALL,
+                None => unsafe {
+                    self.prepare_target(ctx, relation, now);
+                    (relid, None)
+                },
             };
-            let schema = Arc::new(ChangeSchema::new(plan.spec.clone(), self.options.include_before));
-            let batch = match self.relations.remove(&relid) {
-                Some(mut old) => {
-                    let kept = old.batch.schema().fingerprint() == schema.fingerprint();
-                    if !kept && !old.batch.is_empty() {
-                        // SAFETY: `ctx` is the live decoding context.
-                        unsafe { flush(ctx, &mut old, &mut self.buffer) };
-                        self.wrote = true;
-                    }
-                    old.plan.release();
-                    if kept {
-                        old.batch
-                    } else {
-                        ChangeBatchBuilder::new(schema)
-                    }
-                }
-                None => ChangeBatchBuilder::new(schema),
-            };
-            let entry = Entry {
-                epoch: now,
-                plan,
-                actions,
-                batch,
-                values: vec![pg_sys::Datum::null(); natts],
-                nulls: vec![true; natts],
-            };
-            self.relations.insert(relid, entry);
+            self.sources.insert(relid, Source { epoch: now, actions: published.actions, target, conversion, natts });
         }
-        self.relations.get_mut(&relid).expect("inserted above")
+        relid
+    }
+
+    /// Makes the target entry of `relation` current: re-described after an
+    /// invalidation; a changed schema first flushes the rows of the old one.
+    unsafe fn prepare_target(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        relation: pg_sys::Relation,
+        now: u64,
+    ) {
+        // SAFETY: the relation is open for the duration of the call.
+        let (relid, natts) = unsafe { ((*relation).rd_id, (*(*relation).rd_att).natts as usize) };
+        if self.targets.get(&relid).is_some_and(|t| t.epoch == now && t.plan.natts == natts) {
+            return;
+        }
+        // SAFETY: inside decoding, with an open relation.
+        let plan = unsafe { RelationPlan::describe(relation, self.cache_context) };
+        let schema = Arc::new(ChangeSchema::new(plan.spec.clone(), self.options.include_before));
+        let batch = match self.targets.remove(&relid) {
+            Some(mut old) => {
+                let kept = old.batch.schema().fingerprint() == schema.fingerprint();
+                if !kept && !old.batch.is_empty() {
+                    // SAFETY: `ctx` is the live decoding context.
+                    unsafe { flush(ctx, &mut old, &mut self.buffer) };
+                    self.wrote = true;
+                }
+                old.plan.release();
+                if kept {
+                    old.batch
+                } else {
+                    ChangeBatchBuilder::new(schema)
+                }
+            }
+            None => ChangeBatchBuilder::new(schema),
+        };
+        let target =
+            Target { epoch: now, plan, batch, values: vec![pg_sys::Datum::null(); natts], nulls: vec![true; natts] };
+        self.targets.insert(relid, target);
     }
 }
 
@@ -302,11 +361,13 @@ fn row_meta(op: Op, lsn: pg_sys::XLogRecPtr, txn: *mut pg_sys::ReorderBufferTXN)
 ///
 /// # Safety
 /// `tuple` must be null or a tuple of the relation `desc` and `plan` describe.
+#[allow(clippy::too_many_arguments)]
 unsafe fn fill(
     row: &mut Row<'_>,
     image: Image,
     tuple: *mut pg_sys::ReorderBufferTupleBuf,
     desc: pg_sys::TupleDesc,
+    conversion: Option<&Conversion>,
     plan: &RelationPlan,
     values: &mut [pg_sys::Datum],
     nulls: &mut [bool],
@@ -315,8 +376,16 @@ unsafe fn fill(
         (0..plan.columns.len()).for_each(|i| row.null(image, i));
         return;
     }
-    // SAFETY: the arrays have `natts` slots, as heap_deform_tuple needs.
-    unsafe { pg_sys::heap_deform_tuple(&mut (*tuple).tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr()) };
+    // SAFETY: the tuple belongs to the decoded relation; a conversion turns
+    // it into the target's row type, which `desc` and the arrays (`natts`
+    // slots) describe.
+    unsafe {
+        let mut heap_tuple = &raw mut (*tuple).tuple;
+        if let Some(conversion) = conversion {
+            heap_tuple = conversion.convert(heap_tuple);
+        }
+        pg_sys::heap_deform_tuple(heap_tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+    }
     for (i, column) in plan.columns.iter().enumerate() {
         if nulls[column.attidx] {
             row.null(image, i);
@@ -344,16 +413,16 @@ unsafe fn fill(
     }
 }
 
-/// Encodes the entry's open batch and writes it as one message.
+/// Encodes the target's open batch and writes it as one message.
 ///
 /// # Safety
 /// `ctx` must be the live decoding context, inside a callback that may write.
-unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, entry: &mut Entry, buffer: &mut Vec<u8>) {
-    if entry.batch.is_empty() {
+unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, target: &mut Target, buffer: &mut Vec<u8>) {
+    if target.batch.is_empty() {
         return;
     }
-    let table = || format!("{}.{}", entry.plan.spec.schema, entry.plan.spec.table);
-    let batch = entry.batch.finish().map_err(|source| PluginError::Encode { table: table(), source }).or_report();
+    let table = || format!("{}.{}", target.plan.spec.schema, target.plan.spec.table);
+    let batch = target.batch.finish().map_err(|source| PluginError::Encode { table: table(), source }).or_report();
     buffer.clear();
     ipc::write_stream(&batch, buffer).map_err(|source| PluginError::Encode { table: table(), source }).or_report();
     // SAFETY: PrepareWrite/Write bracket one message in ctx->out; the

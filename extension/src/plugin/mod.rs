@@ -6,6 +6,7 @@ mod catalog;
 mod datum;
 mod decoder;
 mod error;
+mod partition;
 mod publication;
 
 use crate::report::OrReport;

@@ -8,8 +8,10 @@
 //! than stopping the slot: a publication created after a change was made
 //! cannot stall decoding of that change forever.
 //!
-//! Not yet applied: row filters, column lists, and `publish_via_partition_root`
-//! (changes of a partition are reported under the partition's own name).
+//! With `publish_via_partition_root`, a partition's changes are reported as
+//! those of its topmost published ancestor (the highest one when several
+//! publications disagree, as pgoutput decides). Not yet applied: row
+//! filters and column lists.
 
 use pgcdc_reader::contract::Op;
 use pgrx::pg_sys;
@@ -42,7 +44,17 @@ impl Actions {
 struct Publication {
     oid: pg_sys::Oid,
     all_tables: bool,
+    via_root: bool,
     actions: Actions,
+}
+
+/// What the publications say about one relation.
+#[derive(Debug, Clone, Copy)]
+pub struct Published {
+    pub actions: Actions,
+    /// The ancestor whose name and row type its changes are reported
+    /// with, if a publication publishes it through its root.
+    pub as_ancestor: Option<pg_sys::Oid>,
 }
 
 /// The publications named by the `publication_names` option.
@@ -65,18 +77,20 @@ impl Publications {
         Publications { names, loaded: None, warned: HashSet::new() }
     }
 
-    /// The actions decoded for `relation`.
+    /// The actions decoded for `relation`, and whose name they carry.
     ///
     /// # Safety
     /// `relation` must be an open relation; must run inside logical
     /// decoding (catalog access under a historic snapshot).
-    pub unsafe fn actions(&mut self, relation: pg_sys::Relation, epoch: u64) -> Actions {
+    pub unsafe fn published(&mut self, relation: pg_sys::Relation, epoch: u64) -> Published {
         if self.loaded.as_ref().is_none_or(|(at, _)| *at != epoch) {
             // SAFETY: forwarded from the caller.
             let publications = unsafe { self.load() };
             self.loaded = Some((epoch, publications));
         }
-        let Some((_, publications)) = &self.loaded else { return Actions::NONE };
+        let Some((_, publications)) = &self.loaded else {
+            return Published { actions: Actions::NONE, as_ancestor: None };
+        };
         // SAFETY: the relation is open; the lists are palloc'd in the
         // current memory context and only read here.
         unsafe {
@@ -91,25 +105,45 @@ impl Publications {
             };
             let partitioned = form.relkind as u8 == pg_sys::RELKIND_PARTITIONED_TABLE;
             let mut actions = Actions::NONE;
+            let mut as_ancestor: Option<(pg_sys::Oid, i32)> = None;
             for publication in publications {
-                let mut level = 0;
-                let covered = publication.all_tables
+                let mut covered = publication.all_tables
                     || pg_sys::list_member_oid(own, publication.oid)
-                    || pg_sys::list_member_oid(schema, publication.oid)
-                    || (!ancestors.is_null()
-                        && pg_sys::GetTopMostAncestorInPublication(publication.oid, ancestors, &mut level)
-                            != pg_sys::InvalidOid);
-                // A partitioned table has no rows of its own; its partitions
-                // report their changes (pgoutput skips it unless publishing
-                // via the root).
-                if covered && !partitioned {
-                    actions.insert |= publication.actions.insert;
-                    actions.update |= publication.actions.update;
-                    actions.delete |= publication.actions.delete;
-                    actions.truncate |= publication.actions.truncate;
+                    || pg_sys::list_member_oid(schema, publication.oid);
+                let mut ancestor = None;
+                if !ancestors.is_null() {
+                    if publication.all_tables {
+                        // The topmost ancestor is the list's last element.
+                        let length = (*ancestors).length;
+                        let last = (*(*ancestors).elements.add((length - 1) as usize)).oid_value;
+                        ancestor = Some((last, length));
+                    } else {
+                        let mut level = 0;
+                        let top = pg_sys::GetTopMostAncestorInPublication(publication.oid, ancestors, &mut level);
+                        if top != pg_sys::InvalidOid {
+                            covered = true;
+                            ancestor = Some((top, level));
+                        }
+                    }
                 }
+                // A partitioned table's own changes (TRUNCATE) count only
+                // when publishing through the root, as in pgoutput.
+                if !covered || (partitioned && !publication.via_root) {
+                    continue;
+                }
+                if publication.via_root {
+                    if let Some((oid, level)) = ancestor {
+                        if as_ancestor.is_none_or(|(_, best)| level > best) {
+                            as_ancestor = Some((oid, level));
+                        }
+                    }
+                }
+                actions.insert |= publication.actions.insert;
+                actions.update |= publication.actions.update;
+                actions.delete |= publication.actions.delete;
+                actions.truncate |= publication.actions.truncate;
             }
-            actions
+            Published { actions, as_ancestor: as_ancestor.map(|(oid, _)| oid) }
         }
     }
 
@@ -135,6 +169,7 @@ impl Publications {
             loaded.push(Publication {
                 oid: p.oid,
                 all_tables: p.alltables,
+                via_root: p.pubviaroot,
                 actions: Actions {
                     insert: p.pubactions.pubinsert,
                     update: p.pubactions.pubupdate,
