@@ -1,0 +1,173 @@
+//! The byte layout of a ring file, defined once for writer and reader.
+//!
+//! ```text
+//!  0        ┌──────────────────────── header page (4 KiB) ───────────────────────┐
+//!           │  0 magic "PGCDCRNG" │ 8 version │ 12 data offset │ 16 capacity     │
+//!           │ 24 reader slots │ 28 schema area bytes │ 32 created (ms)           │
+//!  64       ├── producer line ───────────────────────────────────────────────────┤
+//!           │ write_pos u64 │ epoch u64 │ pid u32 │ data_seq u32 (futex)          │
+//!           │ heartbeat ms u64 │ last commit LSN u64                              │
+//! 128       ├── consumer line ───────────────────────────────────────────────────┤
+//!           │ space_seq u32 (futex) │ producer_waiting u32 │ readers_waiting u32  │
+//! 192       ├── schema line ─────────────────────────────────────────────────────┤
+//!           │ schema_seq u64 (seqlock) │ schema_len u32                            │
+//! 256       ├── reader slots, 128 bytes each ────────────────────────────────────┤
+//!           │ state u32 │ pid u32 │ ack_pos u64 │ ack_lsn u64 │ read_pos u64       │
+//!           │ heartbeat u64 │ name_len u32 │ … │ name [64] at +64                  │
+//! 4096      ├── schema area ─────────────────────────────────────────────────────┤
+//!           │ the route's latest Arrow IPC schema message, for late readers       │
+//! data      ├── data area: `capacity` bytes of frames ───────────────────────────┤
+//!           │ ┌ len u32 │ kind u32 │ commit LSN u64 ┐ payload (an Arrow IPC      │
+//!           │ └──────────── 16 bytes ───────────────┘ stream) … padded to 64     │
+//!           │ frames never wrap: a padding frame fills the end of the area       │
+//!           └────────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Positions (`write_pos`, `ack_pos`, `read_pos`) are monotonic byte counters
+//! over the data area, each written by one side only; a position's offset in
+//! the area is `pos % capacity`. Frames start on 64-byte boundaries, so the
+//! 8-byte-aligned buffers of the Arrow IPC payload stay aligned in memory.
+
+/// `"PGCDCRNG"`.
+pub const MAGIC: [u8; 8] = *b"PGCDCRNG";
+/// Bumped on any incompatible layout change.
+pub const VERSION: u32 = 1;
+
+/// Frames (and their payloads) start on this boundary.
+pub const FRAME_ALIGN: u64 = 64;
+/// Bytes before a frame's payload.
+pub const FRAME_HEADER: u64 = 16;
+/// A frame of record batches.
+pub const KIND_BATCH: u32 = 1;
+/// A frame that fills the end of the data area.
+pub const KIND_PADDING: u32 = 2;
+
+/// Header fields.
+pub const OFF_MAGIC: usize = 0;
+pub const OFF_VERSION: usize = 8;
+pub const OFF_DATA_OFFSET: usize = 12;
+pub const OFF_CAPACITY: usize = 16;
+pub const OFF_READER_SLOTS: usize = 24;
+pub const OFF_SCHEMA_AREA: usize = 28;
+pub const OFF_CREATED_MS: usize = 32;
+
+/// Producer line (written by the producer only).
+pub const OFF_WRITE_POS: usize = 64;
+pub const OFF_EPOCH: usize = 72;
+pub const OFF_PRODUCER_PID: usize = 80;
+pub const OFF_DATA_SEQ: usize = 84;
+pub const OFF_HEARTBEAT_MS: usize = 88;
+pub const OFF_LAST_COMMIT_LSN: usize = 96;
+
+/// Consumer line (written by consumers).
+pub const OFF_SPACE_SEQ: usize = 128;
+pub const OFF_PRODUCER_WAITING: usize = 132;
+pub const OFF_READERS_WAITING: usize = 136;
+
+/// Schema line.
+pub const OFF_SCHEMA_SEQ: usize = 192;
+pub const OFF_SCHEMA_LEN: usize = 200;
+
+/// Reader slots.
+pub const OFF_SLOTS: usize = 256;
+pub const SLOT_BYTES: usize = 128;
+pub const SLOT_STATE: usize = 0;
+pub const SLOT_PID: usize = 4;
+pub const SLOT_ACK_POS: usize = 8;
+pub const SLOT_ACK_LSN: usize = 16;
+pub const SLOT_READ_POS: usize = 24;
+pub const SLOT_HEARTBEAT: usize = 32;
+pub const SLOT_NAME_LEN: usize = 40;
+pub const SLOT_NAME: usize = 64;
+/// Longest consumer name.
+pub const NAME_MAX: usize = 64;
+/// Slot states.
+pub const SLOT_FREE: u32 = 0;
+pub const SLOT_CLAIMING: u32 = 1;
+pub const SLOT_REGISTERED: u32 = 2;
+
+/// Most reader slots a ring can have (they must fit the header page).
+pub const MAX_READERS: u32 = 30;
+/// The header page.
+pub const HEADER_BYTES: usize = 4096;
+
+/// The geometry of a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Bytes of the data area (a multiple of [`FRAME_ALIGN`]).
+    pub capacity: u64,
+    /// Reader slots (at most [`MAX_READERS`]).
+    pub readers: u32,
+    /// Bytes reserved for the schema message.
+    pub schema_area: u32,
+}
+
+impl Geometry {
+    /// A geometry for `capacity` bytes of frames (rounded up to 64).
+    pub fn new(capacity: u64) -> Geometry {
+        Geometry { capacity: frame_size_align(capacity), readers: 16, schema_area: 60 * 1024 }
+    }
+
+    /// Where the data area starts: after the header page and the schema
+    /// area, on a page boundary.
+    pub fn data_offset(&self) -> usize {
+        (HEADER_BYTES + self.schema_area as usize).div_ceil(4096) * 4096
+    }
+
+    /// Bytes of the whole file.
+    pub fn file_len(&self) -> usize {
+        self.data_offset() + self.capacity as usize
+    }
+
+    /// Checks a geometry read from a file against the file's length.
+    pub fn validate(&self, file_len: usize) -> Result<(), String> {
+        if self.capacity == 0 || self.capacity % FRAME_ALIGN != 0 {
+            return Err(format!("capacity {} is not a positive multiple of {FRAME_ALIGN}", self.capacity));
+        }
+        if self.readers == 0 || self.readers > MAX_READERS {
+            return Err(format!("{} reader slots (1 to {MAX_READERS} allowed)", self.readers));
+        }
+        if self.capacity > (1 << 40) || self.schema_area > (1 << 24) {
+            return Err("implausible sizes".into());
+        }
+        if self.file_len() != file_len {
+            return Err(format!("the file has {file_len} bytes, its header describes {}", self.file_len()));
+        }
+        Ok(())
+    }
+}
+
+/// The bytes a frame with `payload` bytes occupies.
+pub fn frame_size(payload: u64) -> u64 {
+    frame_size_align(FRAME_HEADER + payload)
+}
+
+fn frame_size_align(n: u64) -> u64 {
+    n.div_ceil(FRAME_ALIGN) * FRAME_ALIGN
+}
+
+/// Offset of reader slot `index` in the header.
+pub fn slot_offset(index: u32) -> usize {
+    OFF_SLOTS + index as usize * SLOT_BYTES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_fits_the_header_page() {
+        assert!(slot_offset(MAX_READERS) <= HEADER_BYTES);
+        assert!(SLOT_NAME + NAME_MAX <= SLOT_BYTES);
+        let g = Geometry::new(1000);
+        assert_eq!(g.capacity, 1024);
+        assert_eq!(g.data_offset() % 4096, 0);
+        assert!(g.data_offset() >= HEADER_BYTES + g.schema_area as usize);
+        assert_eq!(frame_size(0), 64);
+        assert_eq!(frame_size(48), 64);
+        assert_eq!(frame_size(49), 128);
+        assert!(g.validate(g.file_len()).is_ok());
+        assert!(g.validate(g.file_len() + 1).is_err());
+        assert!(Geometry { readers: 0, ..g }.validate(g.file_len()).is_err());
+    }
+}
