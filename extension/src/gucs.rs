@@ -1,7 +1,62 @@
-//! Server settings pgcdc reads (its own GUCs will live here too).
+//! Every pgcdc setting, registered once at library load, plus reading
+//! PostgreSQL's own settings where SQL would hide them.
 
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
+
+/// Where ring files live: `<dir>/<database>/<slot>/<route>.ring`. A tmpfs
+/// (the default, /dev/shm) keeps them in memory.
+pub static RING_DIRECTORY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"/dev/shm/pgcdc"));
+
+/// Bytes of frames per ring, in megabytes. A full ring pushes back on
+/// decoding until its consumers acknowledge.
+pub static RING_SIZE_MB: GucSetting<i32> = GucSetting::<i32>::new(16);
+
+/// An OS group allowed to read rings (files become 0640 to it); empty keeps
+/// them 0600 to the server's user.
+pub static RING_GROUP: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"pgcdc.ring_directory",
+        c"Directory of the shared-memory ring files.",
+        c"Rings are created as <directory>/<database>/<slot>/<route>.ring; use a tmpfs such as /dev/shm.",
+        &RING_DIRECTORY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pgcdc.ring_size",
+        c"Bytes of changes each ring holds, in megabytes.",
+        c"A full ring makes decoding wait for its consumers; a message must fit a quarter of it.",
+        &RING_SIZE_MB,
+        1,
+        65536,
+        GucContext::Sighup,
+        GucFlags::UNIT_MB,
+    );
+    GucRegistry::define_string_guc(
+        c"pgcdc.ring_group",
+        c"OS group allowed to read ring files.",
+        c"Empty: rings are readable by the server's OS user only (mode 0600).",
+        &RING_GROUP,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+}
+
+pub fn ring_directory() -> String {
+    RING_DIRECTORY.get().map(|d| d.to_string_lossy().into_owned()).unwrap_or_else(|| "/dev/shm/pgcdc".into())
+}
+
+pub fn ring_bytes() -> u64 {
+    u64::try_from(RING_SIZE_MB.get()).unwrap_or(16) << 20
+}
+
+pub fn ring_group() -> Option<String> {
+    RING_GROUP.get().map(|g| g.to_string_lossy().into_owned()).filter(|g| !g.is_empty())
+}
 
 /// A setting's value, whatever the current role may see; None where the
 /// server has no such setting. Used for `output_plugin_libraries`, which

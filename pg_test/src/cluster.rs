@@ -79,9 +79,11 @@ impl Cluster {
         );
         let mut conf = format!(
             "\nwal_level = {}\nmax_replication_slots = 20\nmax_wal_senders = 20\nlisten_addresses = ''\n\
-             unix_socket_directories = '{}'\nport = {PORT}\nfsync = off\nmax_connections = 50\n",
+             unix_socket_directories = '{}'\nport = {PORT}\nfsync = off\nmax_connections = 50\n\
+             pgcdc.ring_directory = '{}'\n",
             settings.wal_level,
-            cluster.root.display()
+            cluster.root.display(),
+            cluster.ring_directory().display()
         );
         if has_output_plugin_libraries(&cluster.bindir) {
             conf.push_str("output_plugin_libraries = 'pgoutput, test_decoding, wal2json, wal2arrow, pgcdc'\n");
@@ -95,6 +97,11 @@ impl Cluster {
         std::fs::write(&conf_path, existing).expect("write postgresql.conf");
         cluster.pg_ctl(&["start", "-w", "-t", "60"]);
         cluster
+    }
+
+    /// Where the cluster's pgcdc workers put their rings.
+    pub fn ring_directory(&self) -> PathBuf {
+        self.root.join("rings")
     }
 
     /// The directory holding the server's socket.

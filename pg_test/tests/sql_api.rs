@@ -2,7 +2,8 @@
 //! configuration checks and cdc_auto_configure end to end.
 
 use pg_test::values::ints;
-use pg_test::{decode_batches, Cluster, Settings};
+use pg_test::{Cluster, Settings};
+use pgcdc_reader::changes::ChangeReader;
 use pgcdc_reader::contract;
 use postgres::Client;
 
@@ -123,7 +124,7 @@ fn auto_configure_creates_everything_once_and_follows_pattern_changes() {
     let (mut client, notices) = cluster.connect_collecting_notices("configure", "postgres");
 
     let configure =
-        "SELECT * FROM cdc_auto_configure(ARRAY['public.*', '\"My Schema\".*'], exclude => ARRAY['public.user_abc'], \
+        "SELECT schema_name, table_name, route FROM cdc_auto_configure(ARRAY['public.*', '\"My Schema\".*'], exclude => ARRAY['public.user_abc'], \
                      slot_name => 'cdc', grant_to => 'reader')";
     let routes = rows(&mut client, configure);
     let expected: Vec<Vec<String>> = [
@@ -193,16 +194,24 @@ fn auto_configure_creates_everything_once_and_follows_pattern_changes() {
              INSERT INTO sales.orders VALUES (1); INSERT INTO public.events VALUES (7, '2024-03-01')",
         )
         .unwrap();
-    let batches = decode_batches(&mut client, "cdc", &[("publication_names", "cdc")]);
-    let tables: Vec<String> = batches.iter().map(|b| b.schema().metadata()[contract::META_TABLE].clone()).collect();
-    assert_eq!(tables, ["users", "events"], "excluded and unmatched tables stay out; a partition reports as its root");
-    assert_eq!(ints(&batches[0], "id"), [Some(1)]);
-    assert_eq!(ints(&batches[1], "id"), [Some(7)]);
+    // The worker cdc_auto_configure started streams them into their rings;
+    // a partition's rows reach its root's ring.
+    let ring = |table: &str| cluster.ring_directory().join(format!("configure/cdc/public.{table}.ring"));
+    let wait = std::time::Duration::from_secs(30);
+    let mut users = ChangeReader::open_waiting(&ring("users"), "default", wait).unwrap();
+    let batch = users.next_batch(wait).unwrap().unwrap_or_else(|| panic!("the users insert\n{}", cluster.log()));
+    assert_eq!(batch.schema().metadata()[contract::META_TABLE], "users");
+    assert_eq!(ints(&batch, "id"), [Some(1)]);
+    let mut events = ChangeReader::open_waiting(&ring("events"), "default", wait).unwrap();
+    let batch = events.next_batch(wait).unwrap().expect("the partition's insert");
+    assert_eq!(batch.schema().metadata()[contract::META_TABLE], "events");
+    assert_eq!(ints(&batch, "id"), [Some(7)]);
+    assert!(!ring("user_abc").exists(), "excluded tables have no ring");
 
     // A changed pattern list updates the publication and the catalog.
     let narrowed = rows(
         &mut client,
-        "SELECT * FROM cdc_auto_configure('public.user*', slot_name => 'cdc', route_by_table => false)",
+        "SELECT schema_name, table_name, route FROM cdc_auto_configure('public.user*', slot_name => 'cdc', route_by_table => false)",
     );
     assert_eq!(
         narrowed,
@@ -226,7 +235,15 @@ fn auto_configure_creates_everything_once_and_follows_pattern_changes() {
     assert_eq!(rows(&mut client, "SELECT count(*), min(route) FROM pgcdc.routes"), [["4", "cdc"]]);
 
     // cdc_drop removes the slot, the publication and the catalog rows.
-    client.batch_execute("SELECT cdc_drop('cdc')").unwrap();
+    if let Err(e) = client.batch_execute("SELECT cdc_drop('cdc')") {
+        let activity =
+            rows(&mut client, "SELECT pid, backend_type, application_name, state, backend_start FROM pg_stat_activity");
+        panic!(
+            "{:?}\n{activity:?}\n{}",
+            e.as_db_error().map(|d| d.message()),
+            cluster.log().lines().filter(|l| l.contains("UTC")).collect::<Vec<_>>().join("\n")
+        );
+    }
     assert_eq!(
         rows(
             &mut client,
@@ -287,6 +304,17 @@ fn configuration_errors_are_clear() {
         &mut client,
         r#"SELECT * FROM cdc_auto_configure('"My Schema".*', slot_name => 'odd_slot', publication_name => 'Odd "pub"')"#,
     );
+    let rings: Vec<String> = routes.iter().map(|r| r[3].clone()).collect();
+    let dir = cluster.ring_directory().display().to_string();
+    assert_eq!(
+        rings,
+        [
+            format!("{dir}/errors/odd_slot/My%20Schema.Odd.Name.ring"),
+            format!("{dir}/errors/odd_slot/My%20Schema.%C3%BCn%C3%AF.ring")
+        ],
+        "ring files under pgcdc.ring_directory, names percent-encoded"
+    );
+    let routes: Vec<Vec<String>> = routes.into_iter().map(|r| r[..3].to_vec()).collect();
     assert_eq!(
         routes,
         [["My Schema", "Odd.Name", "My Schema.Odd.Name"], ["My Schema", "ünï", "My Schema.ünï"]]

@@ -23,7 +23,7 @@ fn random_damage_is_an_error_or_a_frame_never_a_panic() {
     let path = dir.join("r.ring");
     let geometry = Geometry::new(4096);
     {
-        let writer = RingWriter::new(file::open_or_create(&path, geometry, 0o600).unwrap());
+        let writer = RingWriter::new(file::open_or_create(&path, geometry, None).unwrap());
         writer.publish_schema(b"a schema").unwrap();
         let mut reader = RingReader::attach(file::open(&path).unwrap(), "default").unwrap();
         for lsn in 1..=60u64 {

@@ -33,7 +33,7 @@ fn frames_cross_processes_in_order() {
     let dir = std::env::temp_dir().join(format!("pgcdc-ring-procs-{}", std::process::id()));
     let path = dir.join("r.ring");
     // Small enough that the producer must wait for the consumer many times.
-    file::open_or_create(&path, Geometry::new(16 * 1024), 0o600).unwrap();
+    file::open_or_create(&path, Geometry::new(16 * 1024), None).unwrap();
     let mut reader = RingReader::attach(file::open(&path).unwrap(), "default").unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", "producer_child", "--nocapture"])

@@ -181,6 +181,8 @@ pub struct ChangeBatchBuilder {
     bytes: usize,
     /// Fixed width of each table column.
     widths: Vec<usize>,
+    /// The highest `_commit_lsn` of the rows so far.
+    max_commit_lsn: u64,
 }
 
 /// The `_before` struct's children and validity. Rows without an old image
@@ -230,6 +232,7 @@ impl ChangeBatchBuilder {
             unmapped_nulls: 0,
             bytes: 0,
             widths,
+            max_commit_lsn: 0,
         }
     }
 
@@ -246,6 +249,11 @@ impl ChangeBatchBuilder {
         self.ops.is_empty()
     }
 
+    /// The highest `_commit_lsn` among the rows since the last `finish`.
+    pub fn max_commit_lsn(&self) -> u64 {
+        self.max_commit_lsn
+    }
+
     /// The size of the batch's Arrow buffers so far, estimated closely from
     /// value widths and lengths: the byte bound on messages.
     pub fn approx_bytes(&self) -> usize {
@@ -258,6 +266,7 @@ impl ChangeBatchBuilder {
         self.ops.push(meta.op.dictionary_key());
         self.lsns.push(meta.lsn);
         self.commit_lsns.push(meta.commit_lsn);
+        self.max_commit_lsn = self.max_commit_lsn.max(meta.commit_lsn);
         self.xids.push(meta.xid);
         self.commit_times.push(datetime::timestamp(meta.commit_time).unwrap_or(meta.commit_time));
         self.bytes += ROW_OVERHEAD;
@@ -300,6 +309,7 @@ impl ChangeBatchBuilder {
         arrays.push(Arc::new(self.unchanged.finish()));
         arrays.push(Arc::new(self.unmapped.finish()));
         self.bytes = 0;
+        self.max_commit_lsn = 0;
         RecordBatch::try_new(self.schema.arrow.clone(), arrays)
     }
 }
@@ -476,8 +486,10 @@ mod tests {
         row.null(Image::Old, 3);
         row.finish();
         assert_eq!(b.len(), 2);
+        assert_eq!(b.max_commit_lsn(), 1000);
 
         let batch = b.finish().unwrap();
+        assert_eq!(b.max_commit_lsn(), 0);
         assert!(b.is_empty());
         let mut bytes = Vec::new();
         ipc::write_stream(&batch, &mut bytes).unwrap();

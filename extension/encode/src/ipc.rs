@@ -5,13 +5,19 @@
 use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
-use arrow_schema::ArrowError;
+use arrow_schema::{ArrowError, Schema};
 
 /// Appends `batch` to `out` as one complete IPC stream.
 pub fn write_stream(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), ArrowError> {
     let mut writer = StreamWriter::try_new(out, &batch.schema())?;
     writer.write(batch)?;
     writer.finish()
+}
+
+/// Appends an IPC stream of `schema` with no batches: what a reader needs
+/// to know a route's columns before any change arrives.
+pub fn write_schema_stream(schema: &Schema, out: &mut Vec<u8>) -> Result<(), ArrowError> {
+    StreamWriter::try_new(out, schema)?.finish()
 }
 
 /// Reads every batch of one complete IPC stream.

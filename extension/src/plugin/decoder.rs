@@ -38,6 +38,28 @@ fn epoch() -> u64 {
     INVALIDATION_EPOCH.load(Ordering::Relaxed)
 }
 
+/// What a message holds, for a writer that routes messages by table (the
+/// pgcdc worker reads it in its write callback).
+#[derive(Clone)]
+pub struct Message {
+    pub schema: Arc<ChangeSchema>,
+    /// The highest `_commit_lsn` of its rows.
+    pub max_commit_lsn: u64,
+}
+
+thread_local! {
+    static CURRENT_MESSAGE: std::cell::Cell<Option<Message>> = const { std::cell::Cell::new(None) };
+}
+
+/// The message being written, during a write callback.
+pub fn current_message() -> Option<Message> {
+    CURRENT_MESSAGE.with(|m| {
+        let message = m.take();
+        m.set(message.clone());
+        message
+    })
+}
+
 /// How often to report progress to a walsender while changes are filtered
 /// out, so that it can send keepalives (pgoutput's threshold).
 const PROGRESS_EVERY: u32 = 100;
@@ -422,6 +444,7 @@ unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, target: &mut Target, b
         return;
     }
     let table = || format!("{}.{}", target.plan.spec.schema, target.plan.spec.table);
+    let message = Message { schema: target.batch.schema().clone(), max_commit_lsn: target.batch.max_commit_lsn() };
     let batch = target.batch.finish().map_err(|source| PluginError::Encode { table: table(), source }).or_report();
     buffer.clear();
     ipc::write_stream(&batch, buffer).map_err(|source| PluginError::Encode { table: table(), source }).or_report();
@@ -430,7 +453,9 @@ unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, target: &mut Target, b
     unsafe {
         pg_sys::OutputPluginPrepareWrite(ctx, true);
         pg_sys::appendBinaryStringInfo((*ctx).out, buffer.as_ptr().cast(), buffer.len() as i32);
+        CURRENT_MESSAGE.set(Some(message));
         pg_sys::OutputPluginWrite(ctx, true);
+        CURRENT_MESSAGE.set(None);
     }
     // Keep a big buffer from a bulk load from pinning memory for good.
     if buffer.capacity() > 64 << 20 {

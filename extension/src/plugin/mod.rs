@@ -10,6 +10,7 @@ mod partition;
 mod publication;
 
 use crate::report::OrReport;
+pub use decoder::current_message;
 use decoder::Decoder;
 use error::PluginError;
 use pgcdc_encode::options::Options;

@@ -11,7 +11,9 @@ use super::config;
 use super::discover::{self, Identity, Table};
 use super::error::SqlError;
 use super::lookup;
+use crate::{gucs, worker};
 use pgcdc_reader::pattern::{nearest, TableFilter};
+use pgcdc_reader::ring::file;
 use pgrx::spi::{quote_identifier, quote_literal, quote_qualified_identifier, Spi};
 use std::collections::BTreeSet;
 
@@ -30,6 +32,8 @@ pub struct Route {
     pub schema: String,
     pub table: String,
     pub route: String,
+    /// The ring file the worker writes the route's changes to.
+    pub ring_path: String,
 }
 
 pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
@@ -40,6 +44,13 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
     if let Some(plugin) = &slot_plugin {
         if plugin != "wal2arrow" {
             return Err(SqlError::SlotPlugin { slot: request.slot.clone(), plugin: plugin.clone() });
+        }
+        let elsewhere: Option<String> = lookup::optional(
+            "SELECT database::text FROM pg_replication_slots WHERE slot_name = $1 AND database <> current_database()",
+            &[request.slot.as_str().into()],
+        )?;
+        if let Some(database) = elsewhere {
+            return Err(SqlError::SlotElsewhere { slot: request.slot.clone(), database });
         }
     }
     let checks = config::checks(if slot_plugin.is_some() { 0 } else { 1 })?;
@@ -79,15 +90,18 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
     if let Some(role) = &request.grant_to {
         grant(role, &tables)?;
     }
+    let database = discover::current_database()?;
+    let dir = std::path::PathBuf::from(gucs::ring_directory());
     let routes: Vec<Route> = tables
         .iter()
-        .map(|t| Route {
-            schema: t.schema.clone(),
-            table: t.name.clone(),
-            route: if request.route_by_table { format!("{}.{}", t.schema, t.name) } else { request.slot.clone() },
+        .map(|t| {
+            let route = if request.route_by_table { format!("{}.{}", t.schema, t.name) } else { request.slot.clone() };
+            let ring_path = file::route_path(&dir, &database, &request.slot, &route).display().to_string();
+            Route { schema: t.schema.clone(), table: t.name.clone(), route, ring_path }
         })
         .collect();
-    record(&request, &publication, &routes)?;
+    let changed = record(&request, &publication, &routes)?;
+    ensure_worker(&database, &request.slot, changed)?;
     Ok(routes)
 }
 
@@ -179,8 +193,10 @@ fn grant(role: &str, tables: &[Table]) -> Result<(), SqlError> {
 }
 
 /// Records the stream and its routes; rows that are already right are not
-/// rewritten, so a repeated call changes nothing.
-fn record(request: &Request, publication: &str, routes: &[Route]) -> Result<(), SqlError> {
+/// rewritten, so a repeated call changes nothing. Returns whether the
+/// routes changed.
+fn record(request: &Request, publication: &str, routes: &[Route]) -> Result<bool, SqlError> {
+    let before = route_list(&request.slot)?;
     let array = |items: &[String]| {
         format!("ARRAY[{}]::text[]", items.iter().map(|i| quote_literal(i)).collect::<Vec<_>>().join(", "))
     };
@@ -215,7 +231,65 @@ fn record(request: &Request, publication: &str, routes: &[Route]) -> Result<(), 
          SELECT {slot}, s, t, route FROM (VALUES {values}) v(s, t, route)
          ON CONFLICT (slot_name, schema_name, table_name) DO NOTHING"
     ));
-    run(&statements)
+    run(&statements)?;
+    Ok(route_list(&request.slot)? != before)
+}
+
+/// The recorded routes of a stream, sorted.
+fn route_list(slot: &str) -> Result<Vec<(String, String, String)>, SqlError> {
+    Spi::connect(|client| {
+        let mut list = Vec::new();
+        for row in client.select(
+            "SELECT schema_name::text, table_name::text, route FROM pgcdc.routes WHERE slot_name = $1 ORDER BY 1, 2",
+            None,
+            &[slot.into()],
+        )? {
+            list.push((
+                row.get(1)?.unwrap_or_default(),
+                row.get(2)?.unwrap_or_default(),
+                row.get(3)?.unwrap_or_default(),
+            ));
+        }
+        Ok(list)
+    })
+}
+
+/// The pids of the stream's running workers: the holders of its advisory
+/// lock (pg_locks is live, where pg_stat_activity is a snapshot per
+/// transaction).
+fn worker_pids(slot: &str) -> Result<Vec<i32>, SqlError> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND classid = $1::oid AND objid = hashtext($2)::oid AND objsubid = 2",
+            None,
+            &[worker::STREAM_LOCK.into(), slot.into()],
+        )?;
+        rows.map(|row| Ok(row.get::<i32>(1)?.unwrap_or(0))).collect()
+    })
+}
+
+/// Stops the stream's workers and waits until they are gone.
+fn stop_worker(slot: &str) -> Result<(), SqlError> {
+    for pid in worker_pids(slot)? {
+        Spi::connect(|client| {
+            client.select("SELECT pg_terminate_backend($1, 10000)", None, &[pid.into()])?;
+            Ok::<_, SqlError>(())
+        })?;
+    }
+    Ok(())
+}
+
+/// Starts the stream's worker, restarting it when its routes changed.
+fn ensure_worker(database: &str, slot: &str, routes_changed: bool) -> Result<(), SqlError> {
+    if !worker_pids(slot)?.is_empty() {
+        if !routes_changed {
+            return Ok(());
+        }
+        stop_worker(slot)?;
+    }
+    worker::start(database, slot).map_err(SqlError::Worker)
 }
 
 /// Drops a stream: its slot, its publication and its catalog rows.
@@ -223,6 +297,31 @@ pub fn drop(slot: &str) -> Result<(), SqlError> {
     let publication: Option<String> =
         lookup::optional("SELECT publication_name::text FROM pgcdc.streams WHERE slot_name = $1", &[slot.into()])?;
     let Some(publication) = publication else { return Err(SqlError::NoSuchStream(slot.to_owned())) };
+    // Take the stream's lock for the rest of the transaction: running
+    // workers are stopped first, and one starting meanwhile gives up.
+    let mut locked = false;
+    for _ in 0..100 {
+        stop_worker(slot)?;
+        let got: Option<bool> = lookup::optional(
+            "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+            &[worker::STREAM_LOCK.into(), slot.into()],
+        )?;
+        if got == Some(true) {
+            locked = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        pgrx::check_for_interrupts!();
+    }
+    if !locked {
+        return Err(SqlError::Worker(format!("the worker of stream \"{slot}\" did not stop")));
+    }
+    let database = discover::current_database()?;
+    let rings = file::route_path(std::path::Path::new(&gucs::ring_directory()), &database, slot, "x");
+    if let Some(dir) = rings.parent() {
+        // The rings die with the stream; a missing directory is fine.
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Spi::connect(|client| {
         client.select(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",

@@ -17,12 +17,16 @@ pub enum SqlError {
     AllExcluded,
     #[error("replication slot \"{slot}\" exists with output plugin \"{plugin}\", not wal2arrow")]
     SlotPlugin { slot: String, plugin: String },
+    #[error("replication slot \"{slot}\" belongs to database \"{database}\"")]
+    SlotElsewhere { slot: String, database: String },
     #[error("role \"{0}\" does not exist")]
     NoSuchRole(String),
     #[error("table \"{0}\".\"{1}\" does not exist")]
     NoSuchTable(String, String),
     #[error("no pgcdc stream uses replication slot \"{0}\"")]
     NoSuchStream(String),
+    #[error("pgcdc worker: {0}")]
+    Worker(String),
     #[error(transparent)]
     Spi(#[from] pgrx::spi::Error),
 }
@@ -44,8 +48,9 @@ impl Report for SqlError {
             SqlError::NotConfigured(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             SqlError::Pattern(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             SqlError::NoMatch { .. } | SqlError::AllExcluded | SqlError::NoSuchTable(..) => ERRCODE_UNDEFINED_TABLE,
-            SqlError::SlotPlugin { .. } => ERRCODE_DUPLICATE_OBJECT,
+            SqlError::SlotPlugin { .. } | SqlError::SlotElsewhere { .. } => ERRCODE_DUPLICATE_OBJECT,
             SqlError::NoSuchRole(_) | SqlError::NoSuchStream(_) => ERRCODE_UNDEFINED_OBJECT,
+            SqlError::Worker(_) => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
             SqlError::Spi(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -53,6 +58,7 @@ impl Report for SqlError {
     fn hint(&self) -> Option<String> {
         match self {
             SqlError::NotConfigured(_) | SqlError::Spi(_) => None,
+            SqlError::Worker(_) => Some("Background workers are limited by max_worker_processes.".into()),
             SqlError::Pattern(_) => Some(
                 "Patterns are schema.table regular expressions: * alone means any name, \\. any character, and \"Quoted\" parts are exact names."
                     .into(),
@@ -63,6 +69,7 @@ impl Report for SqlError {
             SqlError::SlotPlugin { slot, .. } => {
                 Some(format!("Choose another slot_name, or drop the slot with pg_drop_replication_slot('{slot}')."))
             }
+            SqlError::SlotElsewhere { .. } => Some("Slot names are shared by all databases: choose another slot_name.".into()),
             SqlError::NoSuchRole(_) => Some("Create the role first, or leave grant_to NULL.".into()),
             SqlError::NoSuchTable(..) => Some("See cdc_discover_tables().".into()),
             SqlError::NoSuchStream(_) => Some("See SELECT slot_name FROM pgcdc.streams.".into()),

@@ -76,14 +76,18 @@ fn cdc_auto_configure_one(
     publication_name: default!(Option<&str>, "NULL"),
     route_by_table: default!(bool, true),
     grant_to: default!(Option<&str>, "NULL"),
-) -> TableIterator<'static, (name!(schema_name, String), name!(table_name, String), name!(route, String))> {
+) -> TableIterator<
+    'static,
+    (name!(schema_name, String), name!(table_name, String), name!(route, String), name!(ring_path, String)),
+> {
     cdc_auto_configure(vec![tables.to_owned()], exclude, slot_name, publication_name, route_by_table, grant_to)
 }
 
 /// Configures change data capture for the tables the patterns select:
 /// validates the server, creates or updates the publication, creates the
-/// `wal2arrow` slot, grants read access, and records the stream. Running it
-/// again with the same arguments changes nothing.
+/// `wal2arrow` slot, grants read access, records the stream and starts its
+/// worker. Returns each table's route and ring file. Running it again with
+/// the same arguments changes nothing.
 #[pg_extern]
 fn cdc_auto_configure(
     tables: Vec<String>,
@@ -92,7 +96,10 @@ fn cdc_auto_configure(
     publication_name: default!(Option<&str>, "NULL"),
     route_by_table: default!(bool, true),
     grant_to: default!(Option<&str>, "NULL"),
-) -> TableIterator<'static, (name!(schema_name, String), name!(table_name, String), name!(route, String))> {
+) -> TableIterator<
+    'static,
+    (name!(schema_name, String), name!(table_name, String), name!(route, String), name!(ring_path, String)),
+> {
     let routes = configure::auto_configure(Request {
         patterns: tables,
         exclude: exclude.unwrap_or_default(),
@@ -102,11 +109,11 @@ fn cdc_auto_configure(
         grant_to: grant_to.map(str::to_owned),
     })
     .or_report();
-    TableIterator::new(routes.into_iter().map(|r| (r.schema, r.table, r.route)))
+    TableIterator::new(routes.into_iter().map(|r| (r.schema, r.table, r.route, r.ring_path)))
 }
 
-/// Removes a stream: its replication slot, its publication and its rows in
-/// the pgcdc catalog.
+/// Removes a stream: its worker, replication slot, publication, ring files
+/// and rows in the pgcdc catalog.
 #[pg_extern]
 fn cdc_drop(slot_name: &str) {
     configure::drop(slot_name).or_report();

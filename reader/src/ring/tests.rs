@@ -124,7 +124,7 @@ fn acknowledging_a_commit_lsn_frees_only_whole_frames() {
 fn a_restarted_consumer_resumes_at_its_acknowledged_position() {
     let dir = tempdir::Dir::new();
     let path = dir.path().join("r.ring");
-    let writer = RingWriter::new(file::open_or_create(&path, Geometry::new(4096), 0o600).unwrap());
+    let writer = RingWriter::new(file::open_or_create(&path, Geometry::new(4096), None).unwrap());
     let mut reader = RingReader::attach(file::open(&path).unwrap(), "default").unwrap();
     for lsn in 1..=5 {
         writer.try_write(&payload(lsn as u32, 30), lsn).unwrap();
@@ -222,4 +222,39 @@ fn opening_rejects_what_is_not_a_ring() {
     let region = Region::heap(geometry.file_len());
     assert!(matches!(Ring::open(region), Err(RingError::NotARing)));
     assert!(matches!(Ring::open(Region::heap(100)), Err(RingError::Geometry(_))));
+}
+
+#[test]
+fn route_paths_are_safe_file_names() {
+    let p = file::route_path(std::path::Path::new("/dev/shm/pgcdc"), "app", "cdc", "public.users");
+    assert_eq!(p, std::path::Path::new("/dev/shm/pgcdc/app/cdc/public.users.ring"));
+    let p = file::route_path(std::path::Path::new("/r"), "my db", "s", "My Schema.Odd/Name ü");
+    assert_eq!(p, std::path::Path::new("/r/my%20db/s/My%20Schema.Odd%2FName%20%C3%BC.ring"));
+    let p = file::route_path(std::path::Path::new("/r"), "..", ".", "x");
+    assert_eq!(p, std::path::Path::new("/r/%2E./%2E/x.ring"));
+}
+
+#[test]
+fn groups_by_name() {
+    assert_eq!(file::group_id("root").unwrap(), 0);
+    assert!(file::group_id("no-such-group-pgcdc").is_err());
+}
+
+#[test]
+fn concurrent_creators_share_one_ring() {
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("r.ring");
+    let rings: Vec<Ring> = std::thread::scope(|scope| {
+        let handles: Vec<_> =
+            (0..8).map(|_| scope.spawn(|| file::open_or_create(&path, Geometry::new(4096), None).unwrap())).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let writer = RingWriter::new(rings[0].clone());
+    writer.try_write(b"one", 1).unwrap();
+    for ring in &rings {
+        let mut reader = RingReader::attach(ring.clone(), "default").unwrap();
+        assert_eq!(reader.try_next().unwrap().unwrap().payload, b"one", "every creator maps the same file");
+    }
+    let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(leftovers, 1, "no temporary files left behind");
 }

@@ -1,0 +1,232 @@
+//! The pgcdc worker (DESIGN §4): one background process per stream keeps a
+//! decoding session open and writes each table's batches into its ring.
+//!
+//! Started by `cdc_auto_configure` as a dynamic worker; restarted by
+//! PostgreSQL one second after a crash, and at once after a crash-restart
+//! of the whole server. With `shared_preload_libraries = 'pgcdc'`, a
+//! launcher also starts every registered stream when the server starts.
+//! A worker that is asked to stop (or finds its stream gone) exits with
+//! code 0, which unregisters it.
+
+mod decoding;
+mod launcher;
+mod sink;
+
+use crate::gucs;
+use decoding::Session;
+use pgcdc_reader::ring::file;
+use pgcdc_reader::ring::layout::Geometry;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::prelude::*;
+use sink::{RouteSpec, Sink};
+use std::time::{Duration, Instant};
+
+pub use launcher::init;
+
+/// How often the slot is told what it may forget (it may fsync its state).
+const CONFIRM_EVERY: Duration = Duration::from_millis(50);
+/// How long a new worker waits for its stream's catalog rows to commit.
+const STREAM_PATIENCE: Duration = Duration::from_secs(30);
+/// Longest sleep when no WAL arrives (the first one is a millisecond).
+const MAX_IDLE_SLEEP: Duration = Duration::from_millis(10);
+
+/// Starts the worker of stream `slot` in `database`.
+pub fn start(database: &str, slot: &str) -> Result<(), String> {
+    BackgroundWorkerBuilder::new(&format!("pgcdc stream {slot}"))
+        .set_type("pgcdc worker")
+        .set_library("pgcdc")
+        .set_function("pgcdc_stream_worker_main")
+        .set_extra(&format!("{database}\n{slot}"))
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(1)))
+        .load_dynamic()
+        .map(|_| ())
+        .map_err(|_| "could not register the worker: raise max_worker_processes".to_owned())
+}
+
+/// What the catalog says about a stream.
+struct Stream {
+    publication: String,
+    routes: Vec<RouteSpec>,
+}
+
+/// The `application_name` a stream's worker shows in pg_stat_activity.
+pub fn application_name(slot: &str) -> String {
+    format!("pgcdc {slot}")
+}
+
+fn load_stream(slot: &str) -> Result<Option<Stream>, pgrx::spi::Error> {
+    Spi::connect(|client| {
+        let installed = client.select("SELECT 1 FROM pg_extension WHERE extname = 'pgcdc'", None, &[])?;
+        if installed.is_empty() {
+            return Ok(None);
+        }
+        let rows = client.select(
+            "SELECT s.publication_name::text, r.schema_name::text, r.table_name::text, r.route
+             FROM pgcdc.streams s JOIN pgcdc.routes r USING (slot_name) WHERE s.slot_name = $1",
+            None,
+            &[slot.into()],
+        )?;
+        let mut publication = None;
+        let mut routes = Vec::new();
+        for row in rows {
+            publication = row.get::<String>(1)?;
+            routes.push(RouteSpec {
+                schema: row.get(2)?.unwrap_or_default(),
+                table: row.get(3)?.unwrap_or_default(),
+                route: row.get(4)?.unwrap_or_default(),
+            });
+        }
+        Ok(publication.map(|publication| Stream { publication, routes }))
+    })
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let extra = BackgroundWorker::get_extra().to_owned();
+    let Some((database, slot)) = extra.split_once('\n') else {
+        pgrx::log!("pgcdc worker: malformed arguments {extra:?}");
+        return;
+    };
+    BackgroundWorker::connect_worker_to_spi(Some(database), None);
+    // Named at once, so that cdc_auto_configure and cdc_drop find it.
+    let name = std::ffi::CString::new(application_name(slot)).unwrap_or_default();
+    // SAFETY: setting a session GUC by name with a NUL-terminated value.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"application_name".as_ptr(),
+            name.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        );
+    }
+    // cdc_auto_configure starts the worker before its transaction commits:
+    // give the catalog rows a moment to become visible.
+    let patience = Instant::now() + STREAM_PATIENCE;
+    let stream = loop {
+        match BackgroundWorker::transaction(|| load_stream(slot)) {
+            Ok(Some(stream)) if !stream.routes.is_empty() => break stream,
+            Ok(_) if Instant::now() < patience => {
+                if !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
+                    return;
+                }
+            }
+            Ok(_) => {
+                pgrx::log!("pgcdc worker: no stream uses slot \"{slot}\" in database \"{database}\"; stopping");
+                return;
+            }
+            Err(e) => pgrx::error!("pgcdc worker: reading the stream of slot \"{slot}\": {e}"),
+        }
+    };
+
+    // One worker per stream: a second one (started by a racing
+    // cdc_auto_configure) finds the stream's lock taken and leaves for good.
+    match BackgroundWorker::transaction(|| take_stream_lock(slot)) {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => pgrx::error!("pgcdc worker: locking stream \"{slot}\": {e}"),
+    }
+    // Wait while another process holds the slot (the worker being replaced,
+    // or a consumer reading it with SQL).
+    loop {
+        match BackgroundWorker::transaction(|| slot_holder(slot)) {
+            Ok(SlotState::Free) => break,
+            Ok(SlotState::Held) => {
+                if !BackgroundWorker::wait_latch(Some(Duration::from_millis(200))) {
+                    return;
+                }
+            }
+            Ok(SlotState::Missing) => {
+                pgrx::log!("pgcdc worker: slot \"{slot}\" does not exist in database \"{database}\"; stopping");
+                return;
+            }
+            Err(e) => pgrx::error!("pgcdc worker: looking up slot \"{slot}\": {e}"),
+        }
+    }
+
+    let geometry = Geometry::new(gucs::ring_bytes());
+    let group = gucs::ring_group().map(|g| file::group_id(&g).unwrap_or_else(|e| pgrx::error!("pgcdc worker: {e}")));
+    let dir = std::path::PathBuf::from(gucs::ring_directory());
+    let sink = Sink::open(&dir, database, slot, &stream.routes, geometry, group)
+        .unwrap_or_else(|e| pgrx::error!("pgcdc worker: opening the rings of slot \"{slot}\": {e}"));
+    // A message must fit a quarter of a ring, so back-pressure never
+    // deadlocks on one frame larger than the free space can become.
+    let batch_bytes = (geometry.capacity / 4).clamp(1024, 8 << 20);
+    let options =
+        [("publication_names", quote_publication(&stream.publication)), ("batch_bytes", batch_bytes.to_string())];
+    // SAFETY: a background worker connected to the slot's database, outside
+    // any transaction, as the decoding loop requires.
+    let mut session = unsafe { Session::start(slot, &options, Box::new(sink)) };
+    pgrx::log!("pgcdc worker: streaming slot \"{slot}\" of database \"{database}\" into {}", dir.display());
+
+    let mut last_confirm = Instant::now();
+    let mut idle = Duration::from_millis(1);
+    loop {
+        let read = session.pump(10_000);
+        if last_confirm.elapsed() >= CONFIRM_EVERY || read == 0 {
+            let bound = session.sink().confirmable(session.decoded_upto());
+            session.confirm(bound);
+            session.sink().heartbeat();
+            last_confirm = Instant::now();
+        }
+        if read > 0 {
+            idle = Duration::from_millis(1);
+            if BackgroundWorker::sigterm_received() {
+                break;
+            }
+            continue;
+        }
+        if !BackgroundWorker::wait_latch(Some(idle)) {
+            break;
+        }
+        idle = (idle * 2).min(MAX_IDLE_SLEEP);
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: re-reads the configuration files, as backends do.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+    }
+    drop(session);
+    pgrx::log!("pgcdc worker: slot \"{slot}\" stopped");
+}
+
+/// The first key of the advisory lock (`pg_try_advisory_lock(key,
+/// hashtext(slot))`) a stream's worker holds while it runs ("pgcd").
+pub const STREAM_LOCK: i32 = 0x7067_6364;
+
+/// Takes the session-level advisory lock that marks the stream's worker.
+fn take_stream_lock(slot: &str) -> Result<bool, pgrx::spi::Error> {
+    Spi::connect(|client| {
+        let rows =
+            client.select("SELECT pg_try_advisory_lock($1, hashtext($2))", None, &[STREAM_LOCK.into(), slot.into()])?;
+        Ok(rows.first().get_one::<bool>()?.unwrap_or(false))
+    })
+}
+
+enum SlotState {
+    Free,
+    Held,
+    Missing,
+}
+
+fn slot_holder(slot: &str) -> Result<SlotState, pgrx::spi::Error> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT active_pid IS NOT NULL FROM pg_replication_slots
+             WHERE slot_name = $1 AND database = current_database()",
+            None,
+            &[slot.into()],
+        )?;
+        if rows.is_empty() {
+            return Ok(SlotState::Missing);
+        }
+        Ok(if rows.first().get_one::<bool>()?.unwrap_or(false) { SlotState::Held } else { SlotState::Free })
+    })
+}
+
+/// A publication name as the plugin's identifier-list option reads it.
+fn quote_publication(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}

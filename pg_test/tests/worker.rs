@@ -1,0 +1,101 @@
+//! The worker: cdc_auto_configure starts it, it streams each table into its
+//! ring, readers acknowledge, and the slot follows the acknowledgements.
+
+use pg_test::values::{ints, ops, strings};
+use pg_test::{parse_lsn, Cluster};
+use pgcdc_reader::changes::{max_commit_lsn, ChangeReader};
+use postgres::Client;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn lsn(client: &mut Client, sql: &str) -> u64 {
+    let text: Option<String> = client.query_one(sql, &[]).unwrap().get(0);
+    text.map(|t| parse_lsn(&t)).unwrap_or(0)
+}
+
+/// Polls `check` until it holds or WAIT passes.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn configure(client: &mut Client, sql: &str) -> Vec<(String, PathBuf)> {
+    client
+        .query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| (format!("{}.{}", r.get::<_, String>(0), r.get::<_, String>(1)), PathBuf::from(r.get::<_, String>(3))))
+        .collect()
+}
+
+#[test]
+fn changes_flow_into_rings_and_acknowledgements_move_the_slot() {
+    let cluster = Cluster::start();
+    let mut client = cluster.database_with_pgcdc("stream");
+    client
+        .batch_execute(
+            "CREATE TABLE users (id int PRIMARY KEY, name text);
+             CREATE TABLE orders (id int PRIMARY KEY, amount numeric(10,2));
+             CREATE TABLE noise (id bigserial PRIMARY KEY, pad text);",
+        )
+        .unwrap();
+    let routes = configure(
+        &mut client,
+        "SELECT * FROM cdc_auto_configure(ARRAY['public.users', 'public.orders'], slot_name => 'live')",
+    );
+    assert_eq!(routes.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["public.orders", "public.users"]);
+    assert!(routes.iter().all(|(_, p)| p.starts_with(cluster.ring_directory())), "{routes:?}");
+    let worker: i64 = client
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pgcdc worker'", &[])
+        .unwrap()
+        .get(0);
+    assert!(worker <= 1);
+
+    client
+        .batch_execute("INSERT INTO users VALUES (1, 'ada'), (2, 'bob'); INSERT INTO orders VALUES (10, 1.50)")
+        .unwrap();
+    client.batch_execute("UPDATE users SET name = 'ADA' WHERE id = 1").unwrap();
+    let mut orders = ChangeReader::open_waiting(&routes[0].1, "default", WAIT).unwrap();
+    let mut users = ChangeReader::open_waiting(&routes[1].1, "default", WAIT).unwrap();
+    let first = users.next_batch(WAIT).unwrap().expect("the insert");
+    let second = users.next_batch(WAIT).unwrap().expect("the update");
+    assert_eq!(ints(&first, "id"), [Some(1), Some(2)]);
+    assert_eq!(ops(&second), ["u"]);
+    assert_eq!(strings(&second, "name"), [Some("ADA".into())]);
+    let order = orders.next_batch(WAIT).unwrap().expect("the order");
+    assert_eq!(ints(&order, "id"), [Some(10)]);
+    assert!(users.next_batch(Duration::from_millis(200)).unwrap().is_none(), "nothing more");
+
+    // The slot confirms only what both readers acknowledged.
+    let slot_lsn =
+        |c: &mut Client| lsn(c, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'live'");
+    let first_commit = max_commit_lsn(&first).unwrap();
+    let last_commit = max_commit_lsn(&second).unwrap();
+    orders.ack(max_commit_lsn(&order).unwrap());
+    users.ack(first_commit);
+    eventually("the slot to reach the first commit", || slot_lsn(&mut client) >= first_commit);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(slot_lsn(&mut client) < last_commit, "the unacknowledged update holds the slot back");
+    users.ack(last_commit);
+    eventually("the slot to pass the update", || slot_lsn(&mut client) >= last_commit);
+
+    // Caught-up readers of quiet tables do not hold WAL while other tables
+    // write plenty of it.
+    client.batch_execute("INSERT INTO noise (pad) SELECT repeat('x', 200) FROM generate_series(1, 100000)").unwrap();
+    let written = lsn(&mut client, "SELECT pg_current_wal_lsn()::text");
+    eventually("the slot to pass the noise", || slot_lsn(&mut client) >= written);
+    client.batch_execute("CHECKPOINT").unwrap();
+    eventually("restart_lsn to follow", || {
+        let retained: i64 = client
+            .query_one("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 FROM pg_replication_slots WHERE slot_name = 'live'", &[])
+            .unwrap()
+            .get(0);
+        retained < 4 << 20
+    });
+    assert!(users.next_batch(Duration::from_millis(200)).unwrap().is_none(), "noise is not routed to users");
+}
