@@ -73,8 +73,14 @@ impl ChangeReader {
     /// Skips every row of transactions that committed at or before
     /// `commit_lsn`: what the application already processed (and recorded)
     /// before a restart.
-    pub fn resume_after(mut self, commit_lsn: u64) -> ChangeReader {
-        self.last = self.last.max((commit_lsn, u64::MAX));
+    pub fn resume_after(self, commit_lsn: u64) -> ChangeReader {
+        self.resume_after_row(commit_lsn, u64::MAX)
+    }
+
+    /// Skips every row up to and including the row (`commit_lsn`, `lsn`):
+    /// for applications that record their progress row by row.
+    pub fn resume_after_row(mut self, commit_lsn: u64, lsn: u64) -> ChangeReader {
+        self.last = self.last.max((commit_lsn, lsn));
         self
     }
 
