@@ -71,6 +71,30 @@ fn changes_flow_into_rings_and_acknowledgements_move_the_slot() {
     assert_eq!(ints(&order, "id"), [Some(10)]);
     assert!(users.next_batch(Duration::from_millis(200)).unwrap().is_none(), "nothing more");
 
+    // cdc_status sees the unacknowledged rows, the worker and the reader.
+    let users_status = |c: &mut Client| {
+        let row = c
+            .query_one(
+                "SELECT worker_pid, ring_fill_bytes, ring_capacity_bytes, consumers, lag_seconds, slot_lag_bytes
+                 FROM cdc_status() WHERE route = 'public.users'",
+                &[],
+            )
+            .unwrap();
+        (
+            row.get::<_, Option<i32>>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, Vec<String>>(3),
+            row.get::<_, f64>(4),
+        )
+    };
+    let (pid, fill, capacity, consumers, _) = users_status(&mut client);
+    assert!(pid.is_some(), "the worker runs");
+    assert!(fill > 0, "two frames wait for acknowledgement");
+    assert_eq!(capacity, 16 << 20);
+    assert_eq!(consumers, [format!("default (pid {})", std::process::id())]);
+    eventually("the lag to show", || users_status(&mut client).4 > 0.0);
+
     // The slot confirms only what both readers acknowledged.
     let slot_lsn =
         |c: &mut Client| lsn(c, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'live'");
@@ -83,6 +107,10 @@ fn changes_flow_into_rings_and_acknowledgements_move_the_slot() {
     assert!(slot_lsn(&mut client) < last_commit, "the unacknowledged update holds the slot back");
     users.ack(last_commit);
     eventually("the slot to pass the update", || slot_lsn(&mut client) >= last_commit);
+    eventually("the ring to drain", || {
+        let (_, fill, _, _, lag) = users_status(&mut client);
+        fill == 0 && lag == 0.0
+    });
 
     // Caught-up readers of quiet tables do not hold WAL while other tables
     // write plenty of it.

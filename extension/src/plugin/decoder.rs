@@ -45,6 +45,7 @@ pub struct Message {
     pub schema: Arc<ChangeSchema>,
     /// The highest `_commit_lsn` of its rows.
     pub max_commit_lsn: u64,
+    pub rows: usize,
 }
 
 thread_local! {
@@ -444,7 +445,11 @@ unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, target: &mut Target, b
         return;
     }
     let table = || format!("{}.{}", target.plan.spec.schema, target.plan.spec.table);
-    let message = Message { schema: target.batch.schema().clone(), max_commit_lsn: target.batch.max_commit_lsn() };
+    let message = Message {
+        schema: target.batch.schema().clone(),
+        max_commit_lsn: target.batch.max_commit_lsn(),
+        rows: target.batch.len(),
+    };
     let batch = target.batch.finish().map_err(|source| PluginError::Encode { table: table(), source }).or_report();
     buffer.clear();
     ipc::write_stream(&batch, buffer).map_err(|source| PluginError::Encode { table: table(), source }).or_report();

@@ -257,7 +257,7 @@ fn route_list(slot: &str) -> Result<Vec<(String, String, String)>, SqlError> {
 /// The pids of the stream's running workers: the holders of its advisory
 /// lock (pg_locks is live, where pg_stat_activity is a snapshot per
 /// transaction).
-fn worker_pids(slot: &str) -> Result<Vec<i32>, SqlError> {
+pub(super) fn worker_pids(slot: &str) -> Result<Vec<i32>, SqlError> {
     Spi::connect(|client| {
         let rows = client.select(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted

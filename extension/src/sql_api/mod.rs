@@ -6,6 +6,7 @@ mod configure;
 mod discover;
 mod error;
 mod lookup;
+mod status;
 
 use crate::report::OrReport;
 use configure::Request;
@@ -110,6 +111,42 @@ fn cdc_auto_configure(
     })
     .or_report();
     TableIterator::new(routes.into_iter().map(|r| (r.schema, r.table, r.route, r.ring_path)))
+}
+
+/// Per route: its worker, how much WAL the slot retains, how long the
+/// oldest unacknowledged change has waited, how full the ring is, its
+/// consumers, and changes per second.
+#[pg_extern]
+fn cdc_status() -> TableIterator<
+    'static,
+    (
+        name!(slot_name, String),
+        name!(route, String),
+        name!(ring_path, String),
+        name!(worker_pid, Option<i32>),
+        name!(slot_lag_bytes, Option<i64>),
+        name!(lag_seconds, f64),
+        name!(ring_fill_bytes, i64),
+        name!(ring_capacity_bytes, i64),
+        name!(consumers, Vec<String>),
+        name!(changes_per_second, i64),
+    ),
+> {
+    let rows = status::status().or_report();
+    TableIterator::new(rows.into_iter().map(|r| {
+        (
+            r.slot,
+            r.route,
+            r.ring_path,
+            r.worker_pid,
+            r.slot_lag_bytes,
+            r.lag_seconds,
+            r.ring_fill_bytes,
+            r.ring_capacity_bytes,
+            r.consumers,
+            r.changes_per_second,
+        )
+    }))
 }
 
 /// Removes a stream: its worker, replication slot, publication, ring files

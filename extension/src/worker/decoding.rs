@@ -125,6 +125,10 @@ impl Session {
     pub fn sink(&self) -> &Sink {
         &self.sink
     }
+
+    pub fn sink_mut(&mut self) -> &mut Sink {
+        &mut self.sink
+    }
 }
 
 impl Drop for Session {

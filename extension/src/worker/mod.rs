@@ -169,7 +169,7 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
         if last_confirm.elapsed() >= CONFIRM_EVERY || read == 0 {
             let bound = session.sink().confirmable(session.decoded_upto());
             session.confirm(bound);
-            session.sink().heartbeat();
+            session.sink_mut().heartbeat();
             last_confirm = Instant::now();
         }
         if read > 0 {

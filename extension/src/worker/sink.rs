@@ -4,16 +4,24 @@
 use crate::plugin::current_message;
 use pgcdc_encode::ipc;
 use pgcdc_reader::ring::layout::Geometry;
+use pgcdc_reader::ring::now_ms;
 use pgcdc_reader::ring::{file, RingError, RingWriter, Written};
 use pgrx::pg_sys;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// A route's ring and the schema last published to it.
+/// A route's ring, the schema last published to it, and what the status
+/// needs: when each unacknowledged frame was written, and row counts.
 struct Route {
     writer: RingWriter,
     fingerprint: Option<u64>,
+    /// (end position, written at ms) of frames not yet acknowledged by all.
+    unacked: VecDeque<(u64, u64)>,
+    rows_written: u64,
+    /// Rows written when the current rate period began, and when.
+    period: (u64, Instant),
+    rate: u64,
 }
 
 /// One stream's rings.
@@ -50,7 +58,16 @@ impl Sink {
                 None => {
                     let path = file::route_path(dir, database, slot, &spec.route);
                     let ring = file::open_or_create(&path, geometry, group)?;
-                    sink.routes.push(Route { writer: RingWriter::new(ring), fingerprint: None });
+                    let writer = RingWriter::new(ring);
+                    let rows_written = writer.rows_written();
+                    sink.routes.push(Route {
+                        writer,
+                        fingerprint: None,
+                        unacked: VecDeque::new(),
+                        rows_written,
+                        period: (rows_written, Instant::now()),
+                        rate: 0,
+                    });
                     index.insert(&spec.route, sink.routes.len() - 1);
                     sink.routes.len() - 1
                 }
@@ -82,7 +99,11 @@ impl Sink {
         }
         loop {
             match route.writer.write(bytes, message.max_commit_lsn, Duration::from_millis(100)) {
-                Ok(Written::Done { .. }) => return,
+                Ok(Written::Done { end_pos }) => {
+                    route.unacked.push_back((end_pos, now_ms()));
+                    route.rows_written += message.rows as u64;
+                    return;
+                }
                 Ok(Written::Full) => {
                     pgrx::check_for_interrupts!();
                     // SAFETY: reading a flag the signal handler sets.
@@ -119,8 +140,22 @@ impl Sink {
         bound
     }
 
-    /// Records that the worker is alive, for readers and `cdc_status`.
-    pub fn heartbeat(&self) {
-        self.routes.iter().for_each(|r| r.writer.heartbeat());
+    /// Records that the worker is alive and publishes each ring's lag and
+    /// throughput, for readers and `cdc_status`.
+    pub fn heartbeat(&mut self) {
+        for route in &mut self.routes {
+            route.writer.heartbeat();
+            let acknowledged = route.writer.ring().status().min_ack_pos();
+            while route.unacked.front().is_some_and(|(end, _)| *end <= acknowledged) {
+                route.unacked.pop_front();
+            }
+            let elapsed = route.period.1.elapsed();
+            if elapsed >= Duration::from_secs(1) {
+                route.rate = ((route.rows_written - route.period.0) as f64 / elapsed.as_secs_f64()) as u64;
+                route.period = (route.rows_written, Instant::now());
+            }
+            let oldest = route.unacked.front().map_or(0, |(_, at)| *at);
+            route.writer.publish_stats(oldest, route.rows_written, route.rate);
+        }
     }
 }

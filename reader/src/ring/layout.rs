@@ -6,7 +6,8 @@
 //!           │ 24 reader slots │ 28 schema area bytes │ 32 created (ms)           │
 //!  64       ├── producer line ───────────────────────────────────────────────────┤
 //!           │ write_pos u64 │ epoch u64 │ pid u32 │ data_seq u32 (futex)          │
-//!           │ heartbeat ms u64 │ last commit LSN u64                              │
+//!           │ heartbeat ms u64 │ last commit LSN u64 │ oldest unacked ms u64        │
+//!           │ rows written u64 │ rows per second u64                              │
 //! 128       ├── consumer line ───────────────────────────────────────────────────┤
 //!           │ space_seq u32 (futex) │ producer_waiting u32 │ readers_waiting u32  │
 //! 192       ├── schema line ─────────────────────────────────────────────────────┤
@@ -58,6 +59,13 @@ pub const OFF_PRODUCER_PID: usize = 80;
 pub const OFF_DATA_SEQ: usize = 84;
 pub const OFF_HEARTBEAT_MS: usize = 88;
 pub const OFF_LAST_COMMIT_LSN: usize = 96;
+/// When the oldest frame some consumer has not acknowledged was written
+/// (ms since 1970; 0 when every consumer is caught up).
+pub const OFF_OLDEST_UNACKED_MS: usize = 104;
+/// Rows written to the ring since it was created.
+pub const OFF_ROWS_WRITTEN: usize = 112;
+/// Rows per second over the producer's last measuring period.
+pub const OFF_ROWS_PER_SECOND: usize = 120;
 
 /// Consumer line (written by consumers).
 pub const OFF_SPACE_SEQ: usize = 128;

@@ -79,6 +79,11 @@ pub struct RingStatus {
     pub capacity: u64,
     pub write_pos: u64,
     pub last_commit_lsn: u64,
+    /// When the oldest unacknowledged frame was written (ms since 1970),
+    /// 0 when every consumer is caught up.
+    pub oldest_unacked_ms: u64,
+    pub rows_written: u64,
+    pub rows_per_second: u64,
     pub producer_pid: u32,
     pub producer_epoch: u64,
     pub heartbeat_ms: u64,
@@ -90,9 +95,24 @@ impl RingStatus {
     pub fn fill(&self) -> u64 {
         self.consumers.iter().map(|c| self.write_pos.saturating_sub(c.ack_pos)).max().unwrap_or(0)
     }
+
+    /// The smallest acknowledged position of a registered consumer.
+    pub fn min_ack_pos(&self) -> u64 {
+        self.consumers.iter().map(|c| c.ack_pos).min().unwrap_or(self.write_pos)
+    }
+
+    /// How long the oldest unacknowledged frame has waited, at `now_ms`.
+    pub fn lag_ms(&self, now_ms: u64) -> u64 {
+        if self.oldest_unacked_ms == 0 {
+            0
+        } else {
+            now_ms.saturating_sub(self.oldest_unacked_ms)
+        }
+    }
 }
 
-pub(crate) fn now_ms() -> u64 {
+/// Milliseconds since 1970.
+pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -164,6 +184,9 @@ impl Ring {
             capacity: self.geometry.capacity,
             write_pos: r.u64_at(OFF_WRITE_POS).load(Ordering::Acquire),
             last_commit_lsn: r.u64_at(OFF_LAST_COMMIT_LSN).load(Ordering::Acquire),
+            oldest_unacked_ms: r.u64_at(OFF_OLDEST_UNACKED_MS).load(Ordering::Relaxed),
+            rows_written: r.u64_at(OFF_ROWS_WRITTEN).load(Ordering::Relaxed),
+            rows_per_second: r.u64_at(OFF_ROWS_PER_SECOND).load(Ordering::Relaxed),
             producer_pid: r.u32_at(OFF_PRODUCER_PID).load(Ordering::Relaxed),
             producer_epoch: r.u64_at(OFF_EPOCH).load(Ordering::Relaxed),
             heartbeat_ms: r.u64_at(OFF_HEARTBEAT_MS).load(Ordering::Relaxed),

@@ -100,6 +100,19 @@ impl RingWriter {
         self.ring.region.u64_at(OFF_HEARTBEAT_MS).store(now_ms(), Ordering::Relaxed);
     }
 
+    /// Publishes the producer's counters for status readers.
+    pub fn publish_stats(&self, oldest_unacked_ms: u64, rows_written: u64, rows_per_second: u64) {
+        let r = &self.ring.region;
+        r.u64_at(OFF_OLDEST_UNACKED_MS).store(oldest_unacked_ms, Ordering::Relaxed);
+        r.u64_at(OFF_ROWS_WRITTEN).store(rows_written, Ordering::Relaxed);
+        r.u64_at(OFF_ROWS_PER_SECOND).store(rows_per_second, Ordering::Relaxed);
+    }
+
+    /// Rows written so far, as last published (survives producer restarts).
+    pub fn rows_written(&self) -> u64 {
+        self.ring.region.u64_at(OFF_ROWS_WRITTEN).load(Ordering::Relaxed)
+    }
+
     /// Publishes the route's current schema (an Arrow IPC stream with no
     /// batches) for consumers that attach before any frame arrives.
     pub fn publish_schema(&self, ipc: &[u8]) -> Result<(), RingError> {
