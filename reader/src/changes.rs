@@ -142,6 +142,12 @@ impl ChangeReader {
         self.ring.ack(commit_lsn);
     }
 
+    /// No row of a transaction committed at or before this LSN can still
+    /// arrive on this route.
+    pub fn complete_lsn(&self) -> u64 {
+        self.ring.complete_lsn()
+    }
+
     /// The ring underneath, for its status.
     pub fn ring(&self) -> &RingReader {
         &self.ring

@@ -8,6 +8,7 @@
 //! | `include_before` | `true` | carry the `_before` old-row struct |
 //! | `batch_rows` | 65536 | most rows per message |
 //! | `batch_bytes` | 8388608 | message size at which a batch is flushed early (a message exceeds it by at most one row) |
+//! | `flush_on_table_change` | `false` | flush a table's batch as soon as a change of another table follows, so that messages follow the exact LSN order across tables (for a merged stream) |
 //!
 //! Unknown options, repeated options and bad values are errors that name the
 //! option: nothing is silently ignored.
@@ -22,11 +23,18 @@ pub struct Options {
     pub include_before: bool,
     pub batch_rows: usize,
     pub batch_bytes: usize,
+    pub flush_on_table_change: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { publication_names: None, include_before: true, batch_rows: 65_536, batch_bytes: 8 << 20 }
+        Options {
+            publication_names: None,
+            include_before: true,
+            batch_rows: 65_536,
+            batch_bytes: 8 << 20,
+            flush_on_table_change: false,
+        }
     }
 }
 
@@ -54,7 +62,8 @@ impl OptionError {
     pub fn hint(&self) -> String {
         match self {
             OptionError::Unknown(_) | OptionError::Repeated(_) => {
-                "Known options: publication_names, include_before, batch_rows, batch_bytes.".into()
+                "Known options: publication_names, include_before, batch_rows, batch_bytes, flush_on_table_change."
+                    .into()
             }
             OptionError::Missing { .. } | OptionError::Invalid { .. } => {
                 "See the option table in the pgcdc README.".into()
@@ -73,7 +82,7 @@ impl Options {
             if !seen.insert(name.to_owned()) {
                 return Err(OptionError::Repeated(name.to_owned()));
             }
-            let known = ["publication_names", "include_before", "batch_rows", "batch_bytes"];
+            let known = ["publication_names", "include_before", "batch_rows", "batch_bytes", "flush_on_table_change"];
             if !known.contains(&name) {
                 return Err(OptionError::Unknown(name.to_owned()));
             }
@@ -88,9 +97,14 @@ impl Options {
                     let names = split_identifiers(value).map_err(|why| invalid(&why))?;
                     options.publication_names = Some(names);
                 }
-                "include_before" => {
-                    options.include_before =
-                        parse_bool(value).ok_or_else(|| invalid("expected a boolean (true/false, on/off, 1/0)"))?
+                "include_before" | "flush_on_table_change" => {
+                    let flag =
+                        parse_bool(value).ok_or_else(|| invalid("expected a boolean (true/false, on/off, 1/0)"))?;
+                    if name == "include_before" {
+                        options.include_before = flag;
+                    } else {
+                        options.flush_on_table_change = flag;
+                    }
                 }
                 "batch_rows" => {
                     options.batch_rows = parse_count(value, 1, MAX_BATCH_ROWS)
@@ -167,11 +181,13 @@ mod tests {
             ("include_before", Some("off")),
             ("batch_rows", Some("100")),
             ("batch_bytes", Some("4096")),
+            ("flush_on_table_change", Some("yes")),
         ])
         .unwrap();
         assert_eq!(o.publication_names, Some(vec!["pub_a".into(), "Pub,B".into()]));
         assert!(!o.include_before);
         assert_eq!((o.batch_rows, o.batch_bytes), (100, 4096));
+        assert!(o.flush_on_table_change);
     }
 
     #[test]

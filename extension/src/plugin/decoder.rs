@@ -117,6 +117,8 @@ pub struct Decoder {
     targets: RelationMap<Target>,
     /// Targets with rows in the current transaction, first touch first.
     pending: Vec<pg_sys::Oid>,
+    /// The target of the last row, for `flush_on_table_change`.
+    last_target: Option<pg_sys::Oid>,
     wrote: bool,
     changes_since_progress: u32,
     /// Reused IPC encoding buffer.
@@ -148,6 +150,7 @@ impl Decoder {
             sources: RelationMap::default(),
             targets: RelationMap::default(),
             pending: Vec::new(),
+            last_target: None,
             wrote: false,
             changes_since_progress: 0,
             buffer: Vec::new(),
@@ -158,6 +161,7 @@ impl Decoder {
 
     pub fn begin(&mut self) {
         self.pending.clear();
+        self.last_target = None;
         self.wrote = false;
     }
 
@@ -193,12 +197,14 @@ impl Decoder {
                 _ => (tp.oldtuple, tp.oldtuple),
             };
             let target_oid = source.target;
+            let include_before = self.options.include_before;
+            let meta = row_meta(op, (*change).lsn, txn);
+            self.before_row(ctx, target_oid);
+            let source = &self.sources[&relid];
             let (desc, conversion) = match &source.conversion {
                 Some(c) => (c.ancestor_desc(), Some(c)),
                 None => ((*relation).rd_att, None),
             };
-            let include_before = self.options.include_before;
-            let meta = row_meta(op, (*change).lsn, txn);
             let target = self.targets.get_mut(&target_oid).expect("source() prepared the target");
             let guard = ContextGuard::enter(self.change_context);
             let mut row = target.batch.row(meta);
@@ -239,6 +245,7 @@ impl Decoder {
                     continue;
                 }
                 let target_oid = source.target;
+                self.before_row(ctx, target_oid);
                 let target = self.targets.get_mut(&target_oid).expect("source() prepared the target");
                 let mut row = target.batch.row(meta);
                 (0..target.plan.columns.len()).for_each(|i| row.null(Image::New, i));
@@ -272,6 +279,22 @@ impl Decoder {
             self.changes_since_progress = 0;
             // SAFETY: `ctx` is the live decoding context.
             unsafe { pg_sys::OutputPluginUpdateProgress(ctx, skipped) };
+        }
+    }
+
+    /// Before a row of `relid`: with `flush_on_table_change`, the previous
+    /// table's rows go out first, so messages keep the LSN order.
+    unsafe fn before_row(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, relid: pg_sys::Oid) {
+        let previous = self.last_target.replace(relid);
+        if !self.options.flush_on_table_change || previous.is_none_or(|p| p == relid) {
+            return;
+        }
+        if let Some(target) = previous.and_then(|p| self.targets.get_mut(&p)) {
+            if !target.batch.is_empty() {
+                // SAFETY: `ctx` is the live decoding context.
+                unsafe { flush(ctx, target, &mut self.buffer) };
+                self.wrote = true;
+            }
         }
     }
 

@@ -155,8 +155,16 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
     // A message must fit a quarter of a ring, so back-pressure never
     // deadlocks on one frame larger than the free space can become.
     let batch_bytes = (geometry.capacity / 4).clamp(1024, 8 << 20);
-    let options =
-        [("publication_names", quote_publication(&stream.publication)), ("batch_bytes", batch_bytes.to_string())];
+    // Tables sharing a route (one merged stream) need their rows in exact
+    // LSN order across tables: a message ends wherever the table changes.
+    let mut route_names: Vec<&str> = stream.routes.iter().map(|r| r.route.as_str()).collect();
+    route_names.sort_unstable();
+    let merged = route_names.windows(2).any(|w| w[0] == w[1]);
+    let options = [
+        ("publication_names", quote_publication(&stream.publication)),
+        ("batch_bytes", batch_bytes.to_string()),
+        ("flush_on_table_change", merged.to_string()),
+    ];
     // SAFETY: a background worker connected to the slot's database, outside
     // any transaction, as the decoding loop requires.
     let mut session = unsafe { Session::start(slot, &options, Box::new(sink)) };

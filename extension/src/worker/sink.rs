@@ -118,9 +118,11 @@ impl Sink {
         }
     }
 
-    /// A transaction ending at `lsn` went through the plugin.
+    /// A transaction ending at `lsn` went through the plugin: its frames,
+    /// if it had any, are in their rings; merging readers may pass it.
     pub fn committed(&mut self, lsn: u64) {
         self.committed = self.committed.max(lsn);
+        self.routes.iter().for_each(|r| r.writer.complete_through(lsn));
     }
 
     /// The LSN the slot may confirm: everything decoded up to `decoded`

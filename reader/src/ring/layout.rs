@@ -11,7 +11,7 @@
 //! 128       ├── consumer line ───────────────────────────────────────────────────┤
 //!           │ space_seq u32 (futex) │ producer_waiting u32 │ readers_waiting u32  │
 //! 192       ├── schema line ─────────────────────────────────────────────────────┤
-//!           │ schema_seq u64 (seqlock) │ schema_len u32                            │
+//!           │ schema_seq u64 (seqlock) │ schema_len u32 │ complete LSN u64 (208)  │
 //! 256       ├── reader slots, 128 bytes each ────────────────────────────────────┤
 //!           │ state u32 │ pid u32 │ ack_pos u64 │ ack_lsn u64 │ read_pos u64       │
 //!           │ heartbeat u64 │ name_len u32 │ … │ name [64] at +64                  │
@@ -75,6 +75,9 @@ pub const OFF_READERS_WAITING: usize = 136;
 /// Schema line.
 pub const OFF_SCHEMA_SEQ: usize = 192;
 pub const OFF_SCHEMA_LEN: usize = 200;
+/// End LSN of the last transaction the producer finished writing to every
+/// ring of its stream: no row of an earlier commit can still arrive here.
+pub const OFF_COMPLETE_LSN: usize = 208;
 
 /// Reader slots.
 pub const OFF_SLOTS: usize = 256;

@@ -84,6 +84,8 @@ pub struct RingStatus {
     pub oldest_unacked_ms: u64,
     pub rows_written: u64,
     pub rows_per_second: u64,
+    /// No row of a transaction committed at or before it can still arrive.
+    pub complete_lsn: u64,
     pub producer_pid: u32,
     pub producer_epoch: u64,
     pub heartbeat_ms: u64,
@@ -187,6 +189,7 @@ impl Ring {
             oldest_unacked_ms: r.u64_at(OFF_OLDEST_UNACKED_MS).load(Ordering::Relaxed),
             rows_written: r.u64_at(OFF_ROWS_WRITTEN).load(Ordering::Relaxed),
             rows_per_second: r.u64_at(OFF_ROWS_PER_SECOND).load(Ordering::Relaxed),
+            complete_lsn: r.u64_at(OFF_COMPLETE_LSN).load(Ordering::Acquire),
             producer_pid: r.u32_at(OFF_PRODUCER_PID).load(Ordering::Relaxed),
             producer_epoch: r.u64_at(OFF_EPOCH).load(Ordering::Relaxed),
             heartbeat_ms: r.u64_at(OFF_HEARTBEAT_MS).load(Ordering::Relaxed),

@@ -45,6 +45,12 @@ impl RingReader {
         &self.ring
     }
 
+    /// No row of a transaction committed at or before this LSN can still
+    /// arrive in this ring.
+    pub fn complete_lsn(&self) -> u64 {
+        self.ring.region.u64_at(OFF_COMPLETE_LSN).load(Ordering::Acquire)
+    }
+
     /// The highest commit LSN this consumer acknowledged (kept across
     /// restarts).
     pub fn acknowledged_lsn(&self) -> u64 {

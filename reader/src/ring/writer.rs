@@ -100,6 +100,12 @@ impl RingWriter {
         self.ring.region.u64_at(OFF_HEARTBEAT_MS).store(now_ms(), Ordering::Relaxed);
     }
 
+    /// Declares every transaction that committed at or before `lsn` fully
+    /// written (to this ring and every other ring of the stream).
+    pub fn complete_through(&self, lsn: u64) {
+        self.ring.region.u64_at(OFF_COMPLETE_LSN).fetch_max(lsn, Ordering::Release);
+    }
+
     /// Publishes the producer's counters for status readers.
     pub fn publish_stats(&self, oldest_unacked_ms: u64, rows_written: u64, rows_per_second: u64) {
         let r = &self.ring.region;

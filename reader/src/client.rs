@@ -1,0 +1,159 @@
+//! Configuring a stream and finding its rings over a PostgreSQL connection.
+//!
+//! ```no_run
+//! use pgcdc_reader::client::auto_configure;
+//! use pgcdc_reader::changes::max_commit_lsn;
+//! use std::time::Duration;
+//!
+//! let mut readers = auto_configure("host=/var/run/postgresql dbname=app", &["public.*"])?;
+//! let users = readers.get_mut("public.users").expect("a table the pattern matched");
+//! while let Some(batch) = users.next_batch(Duration::from_secs(1))? {
+//!     println!("{} changes", batch.num_rows());
+//!     users.ack(max_commit_lsn(&batch).unwrap());
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use crate::changes::{ChangeReader, ReadError};
+use crate::merge::{merge_streams, MergedReader};
+use postgres::{Client, NoTls};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What can go wrong configuring or finding a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Postgres(#[from] postgres::Error),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// A stream to configure: what `cdc_auto_configure` takes.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub patterns: Vec<String>,
+    pub exclude: Vec<String>,
+    pub slot: String,
+    pub route_by_table: bool,
+    /// The consumer name the readers register under.
+    pub consumer: String,
+    /// How long to wait for the worker to create a ring.
+    pub ring_timeout: Duration,
+}
+
+impl Config {
+    pub fn new<S: AsRef<str>>(patterns: &[S]) -> Config {
+        Config {
+            patterns: patterns.iter().map(|p| p.as_ref().to_owned()).collect(),
+            exclude: Vec::new(),
+            slot: "pgcdc".into(),
+            route_by_table: true,
+            consumer: "default".into(),
+            ring_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One route as `cdc_auto_configure` returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub schema: String,
+    pub table: String,
+    pub route: String,
+    pub ring_path: PathBuf,
+}
+
+/// Runs `cdc_auto_configure` and returns its routes.
+pub fn configure(conninfo: &str, config: &Config) -> Result<Vec<Route>, ClientError> {
+    let mut client = Client::connect(conninfo, NoTls)?;
+    let rows = client.query(
+        "SELECT schema_name, table_name, route, ring_path
+         FROM cdc_auto_configure($1::text[], exclude => $2::text[], slot_name => $3, route_by_table => $4)",
+        &[&config.patterns, &config.exclude, &config.slot, &config.route_by_table],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| Route {
+            schema: r.get(0),
+            table: r.get(1),
+            route: r.get(2),
+            ring_path: PathBuf::from(r.get::<_, String>(3)),
+        })
+        .collect())
+}
+
+/// Configures capture of the tables `patterns` select (DESIGN §5) and
+/// returns a reader per table, keyed `"schema.table"`.
+pub fn auto_configure<S: AsRef<str>>(
+    conninfo: &str,
+    patterns: &[S],
+) -> Result<BTreeMap<String, ChangeReader>, ClientError> {
+    auto_configure_with(conninfo, &Config::new(patterns))
+}
+
+/// [`auto_configure`] with every setting.
+pub fn auto_configure_with(conninfo: &str, config: &Config) -> Result<BTreeMap<String, ChangeReader>, ClientError> {
+    let mut readers = BTreeMap::new();
+    for route in configure(conninfo, config)? {
+        let reader = ChangeReader::open_waiting(&route.ring_path, &config.consumer, config.ring_timeout)?;
+        readers.insert(format!("{}.{}", route.schema, route.table), reader);
+    }
+    Ok(readers)
+}
+
+/// Configures one merged stream of every matched table (its rows carry
+/// `_schema` and `_table`), in commit order.
+pub fn auto_configure_merged<S: AsRef<str>>(
+    conninfo: &str,
+    patterns: &[S],
+    slot: &str,
+) -> Result<MergedReader, ClientError> {
+    let config = Config { route_by_table: false, slot: slot.to_owned(), ..Config::new(patterns) };
+    let mut paths: Vec<PathBuf> = configure(conninfo, &config)?.into_iter().map(|r| r.ring_path).collect();
+    paths.dedup();
+    let readers = paths
+        .iter()
+        .map(|path| ChangeReader::open_waiting(path, &config.consumer, config.ring_timeout))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(merge_streams(readers))
+}
+
+/// One row of `cdc_status()`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteStatus {
+    pub slot: String,
+    pub route: String,
+    pub worker_pid: Option<i32>,
+    pub slot_lag_bytes: Option<i64>,
+    pub lag_seconds: f64,
+    pub ring_fill_bytes: i64,
+    pub ring_capacity_bytes: i64,
+    pub consumers: Vec<String>,
+    pub changes_per_second: i64,
+}
+
+/// Reads `cdc_status()`.
+pub fn status(conninfo: &str) -> Result<Vec<RouteStatus>, ClientError> {
+    let mut client = Client::connect(conninfo, NoTls)?;
+    let rows = client.query(
+        "SELECT slot_name, route, worker_pid, slot_lag_bytes, lag_seconds, ring_fill_bytes, ring_capacity_bytes,
+                consumers, changes_per_second FROM cdc_status()",
+        &[],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| RouteStatus {
+            slot: r.get(0),
+            route: r.get(1),
+            worker_pid: r.get(2),
+            slot_lag_bytes: r.get(3),
+            lag_seconds: r.get(4),
+            ring_fill_bytes: r.get(5),
+            ring_capacity_bytes: r.get(6),
+            consumers: r.get(7),
+            changes_per_second: r.get(8),
+        })
+        .collect())
+}
