@@ -19,6 +19,7 @@ test: install
 	cargo test --workspace --locked
 
 demo: install
+	cargo build --quiet --locked -p pgcdc-reader --features cli --bin pgcdc
 	cargo run --quiet --locked -p pg_test --bin demo
 
 bench: install
