@@ -11,6 +11,8 @@
 //! The floor is pgoutput with a publication of no tables: PostgreSQL's own
 //! decoding work with an output plugin that writes nothing.
 
+mod e2e;
+
 use pg_test::{Cluster, Settings};
 use postgres::Client;
 use std::time::{Duration, Instant};
@@ -125,6 +127,8 @@ fn main() {
         arrow / pgoutput,
         arrow / floor
     );
+    drop(cluster);
+    e2e::run();
 }
 
 /// Inserts, updates and deletes `rows`-sized sets of rows; returns the

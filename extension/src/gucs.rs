@@ -17,7 +17,22 @@ pub static RING_SIZE_MB: GucSetting<i32> = GucSetting::<i32>::new(16);
 /// them 0600 to the server's user.
 pub static RING_GROUP: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// How long the worker may hold decoded rows to batch them with the next
+/// transactions' (microseconds). It never waits once it has caught up with
+/// the WAL, so quiet streams see no delay.
+pub static LINGER_US: GucSetting<i32> = GucSetting::<i32>::new(500);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"pgcdc.linger",
+        c"Microseconds the worker may hold rows to batch them with later transactions.",
+        c"Applies only while the worker is busy; once it has caught up with the WAL it flushes at once.",
+        &LINGER_US,
+        0,
+        1_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"pgcdc.ring_directory",
         c"Directory of the shared-memory ring files.",
@@ -52,6 +67,10 @@ pub fn ring_directory() -> String {
 
 pub fn ring_bytes() -> u64 {
     u64::try_from(RING_SIZE_MB.get()).unwrap_or(16) << 20
+}
+
+pub fn linger() -> std::time::Duration {
+    std::time::Duration::from_micros(u64::try_from(LINGER_US.get()).unwrap_or(0))
 }
 
 pub fn ring_group() -> Option<String> {

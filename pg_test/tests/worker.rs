@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The rows of several batches of one schema, as one batch.
+fn arrow_select_concat(batches: &[arrow_array::RecordBatch]) -> arrow_array::RecordBatch {
+    arrow_select::concat::concat_batches(&batches[0].schema(), batches).unwrap()
+}
+
 fn lsn(client: &mut Client, sql: &str) -> u64 {
     let text: Option<String> = client.query_one(sql, &[]).unwrap().get(0);
     text.map(|t| parse_lsn(&t)).unwrap_or(0)
@@ -62,11 +67,18 @@ fn changes_flow_into_rings_and_acknowledgements_move_the_slot() {
     client.batch_execute("UPDATE users SET name = 'ADA' WHERE id = 1").unwrap();
     let mut orders = ChangeReader::open_waiting(&routes[0].1, "default", WAIT).unwrap();
     let mut users = ChangeReader::open_waiting(&routes[1].1, "default", WAIT).unwrap();
-    let first = users.next_batch(WAIT).unwrap().expect("the insert");
-    let second = users.next_batch(WAIT).unwrap().expect("the update");
-    assert_eq!(ints(&first, "id"), [Some(1), Some(2)]);
-    assert_eq!(ops(&second), ["u"]);
-    assert_eq!(strings(&second, "name"), [Some("ADA".into())]);
+    // The insert and the update, in one batch or two (the worker batches
+    // transactions that arrive together).
+    let mut user_batches = vec![users.next_batch(WAIT).unwrap().expect("the insert")];
+    while user_batches.iter().map(|b| b.num_rows()).sum::<usize>() < 3 {
+        user_batches.push(users.next_batch(WAIT).unwrap().expect("the update"));
+    }
+    let user_rows = arrow_select_concat(&user_batches);
+    assert_eq!(ints(&user_rows, "id"), [Some(1), Some(2), Some(1)]);
+    assert_eq!(ops(&user_rows), ["c", "c", "u"]);
+    assert_eq!(strings(&user_rows, "name")[2], Some("ADA".into()));
+    let commits = pg_test::values::u64s(&user_rows, "_commit_lsn");
+    assert!(commits[0] == commits[1] && commits[1] < commits[2], "two transactions: {commits:?}");
     let order = orders.next_batch(WAIT).unwrap().expect("the order");
     assert_eq!(ints(&order, "id"), [Some(10)]);
     assert!(users.next_batch(Duration::from_millis(200)).unwrap().is_none(), "nothing more");
@@ -98,8 +110,8 @@ fn changes_flow_into_rings_and_acknowledgements_move_the_slot() {
     // The slot confirms only what both readers acknowledged.
     let slot_lsn =
         |c: &mut Client| lsn(c, "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'live'");
-    let first_commit = max_commit_lsn(&first).unwrap();
-    let last_commit = max_commit_lsn(&second).unwrap();
+    let first_commit = commits[0];
+    let last_commit = commits[2];
     orders.ack(max_commit_lsn(&order).unwrap());
     users.ack(first_commit);
     eventually("the slot to reach the first commit", || slot_lsn(&mut client) >= first_commit);

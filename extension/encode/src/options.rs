@@ -8,6 +8,7 @@
 //! | `include_before` | `true` | carry the `_before` old-row struct |
 //! | `batch_rows` | 65536 | most rows per message |
 //! | `batch_bytes` | 8388608 | message size at which a batch is flushed early (a message exceeds it by at most one row) |
+//! | `flush_at_commit` | `true` | flush every open batch at each commit; off, batches span transactions until the batch bounds or the reader of the messages (the pgcdc worker) flushes them |
 //! | `flush_on_table_change` | `false` | flush a table's batch as soon as a change of another table follows, so that messages follow the exact LSN order across tables (for a merged stream) |
 //!
 //! Unknown options, repeated options and bad values are errors that name the
@@ -24,6 +25,7 @@ pub struct Options {
     pub batch_rows: usize,
     pub batch_bytes: usize,
     pub flush_on_table_change: bool,
+    pub flush_at_commit: bool,
 }
 
 impl Default for Options {
@@ -34,6 +36,7 @@ impl Default for Options {
             batch_rows: 65_536,
             batch_bytes: 8 << 20,
             flush_on_table_change: false,
+            flush_at_commit: true,
         }
     }
 }
@@ -62,7 +65,7 @@ impl OptionError {
     pub fn hint(&self) -> String {
         match self {
             OptionError::Unknown(_) | OptionError::Repeated(_) => {
-                "Known options: publication_names, include_before, batch_rows, batch_bytes, flush_on_table_change."
+                "Known options: publication_names, include_before, batch_rows, batch_bytes, flush_on_table_change, flush_at_commit."
                     .into()
             }
             OptionError::Missing { .. } | OptionError::Invalid { .. } => {
@@ -82,7 +85,14 @@ impl Options {
             if !seen.insert(name.to_owned()) {
                 return Err(OptionError::Repeated(name.to_owned()));
             }
-            let known = ["publication_names", "include_before", "batch_rows", "batch_bytes", "flush_on_table_change"];
+            let known = [
+                "publication_names",
+                "include_before",
+                "batch_rows",
+                "batch_bytes",
+                "flush_on_table_change",
+                "flush_at_commit",
+            ];
             if !known.contains(&name) {
                 return Err(OptionError::Unknown(name.to_owned()));
             }
@@ -97,13 +107,13 @@ impl Options {
                     let names = split_identifiers(value).map_err(|why| invalid(&why))?;
                     options.publication_names = Some(names);
                 }
-                "include_before" | "flush_on_table_change" => {
+                "include_before" | "flush_on_table_change" | "flush_at_commit" => {
                     let flag =
                         parse_bool(value).ok_or_else(|| invalid("expected a boolean (true/false, on/off, 1/0)"))?;
-                    if name == "include_before" {
-                        options.include_before = flag;
-                    } else {
-                        options.flush_on_table_change = flag;
+                    match name {
+                        "include_before" => options.include_before = flag,
+                        "flush_on_table_change" => options.flush_on_table_change = flag,
+                        _ => options.flush_at_commit = flag,
                     }
                 }
                 "batch_rows" => {

@@ -1,10 +1,12 @@
 //! The plugin's state: per-relation plans and open batches, and the logic
 //! that turns each decoded change into a row.
 //!
-//! Batches never span transactions here: a table's rows are flushed as one
-//! message when its batch reaches `batch_rows` or `batch_bytes`, and every
-//! open batch is flushed at commit, in the order the transaction first
-//! touched each table. Rows of different tables may therefore arrive in a
+//! A table's rows are flushed as one message when its batch reaches
+//! `batch_rows` or `batch_bytes`, and every open batch is flushed at commit,
+//! in the order the transaction first touched each table (unless
+//! `flush_at_commit` is off: then the pgcdc worker flushes, after a linger
+//! time or when it has caught up with the WAL, and batches span
+//! transactions). Rows of different tables may therefore arrive in a
 //! different order than they were written inside one transaction; each row's
 //! `_lsn` gives the exact order.
 
@@ -159,9 +161,9 @@ impl Decoder {
         }
     }
 
+    /// Open batches (and the last table, for `flush_on_table_change`)
+    /// carry over from earlier transactions when `flush_at_commit` is off.
     pub fn begin(&mut self) {
-        self.pending.clear();
-        self.last_target = None;
         self.wrote = false;
     }
 
@@ -260,17 +262,36 @@ impl Decoder {
     /// # Safety
     /// `ctx` as PostgreSQL passes it to a commit callback.
     pub unsafe fn commit(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
-        for relid in std::mem::take(&mut self.pending) {
-            if let Some(target) = self.targets.get_mut(&relid) {
-                // SAFETY: forwarded from the caller.
-                unsafe { flush(ctx, target, &mut self.buffer) };
-                self.wrote = true;
-            }
+        if self.options.flush_at_commit {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.flush_all(ctx) };
         }
         // SAFETY: forwarded from the caller; tells a walsender it may
         // confirm past a transaction that produced nothing.
         unsafe { pg_sys::OutputPluginUpdateProgress(ctx, !self.wrote) };
         self.changes_since_progress = 0;
+    }
+
+    /// Writes every open batch, in the order their tables were first
+    /// touched.
+    ///
+    /// # Safety
+    /// `ctx` must be the live decoding context, accepting writes.
+    pub unsafe fn flush_all(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
+        for relid in std::mem::take(&mut self.pending) {
+            if let Some(target) = self.targets.get_mut(&relid) {
+                if !target.batch.is_empty() {
+                    // SAFETY: forwarded from the caller.
+                    unsafe { flush(ctx, target, &mut self.buffer) };
+                    self.wrote = true;
+                }
+            }
+        }
+    }
+
+    /// Whether some decoded rows wait in an open batch.
+    pub fn has_pending(&self) -> bool {
+        self.pending.iter().any(|relid| self.targets.get(relid).is_some_and(|t| !t.batch.is_empty()))
     }
 
     unsafe fn progress(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, skipped: bool) {

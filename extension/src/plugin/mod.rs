@@ -119,6 +119,30 @@ unsafe extern "C-unwind" fn commit(
     unsafe { decoder(ctx).commit(ctx) }
 }
 
+/// Writes every open batch now: the pgcdc worker calls this between WAL
+/// records, when its linger time is up or it has caught up.
+///
+/// # Safety
+/// `ctx` must be a decoding context of this plugin, between callbacks.
+pub unsafe fn flush_pending(ctx: *mut pg_sys::LogicalDecodingContext) {
+    // SAFETY: the decoder lives in the context; outside a callback the
+    // context refuses writes unless told otherwise, as the callbacks are.
+    unsafe {
+        (*ctx).accept_writes = true;
+        decoder(ctx).flush_all(ctx);
+        (*ctx).accept_writes = false;
+    }
+}
+
+/// Whether decoded rows wait in an open batch.
+///
+/// # Safety
+/// `ctx` must be a decoding context of this plugin.
+pub unsafe fn has_pending(ctx: *mut pg_sys::LogicalDecodingContext) -> bool {
+    // SAFETY: the decoder lives in the context.
+    unsafe { decoder(ctx).has_pending() }
+}
+
 /// The plugin options as `(name, value)` strings.
 ///
 /// # Safety

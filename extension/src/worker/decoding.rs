@@ -104,6 +104,20 @@ impl Session {
         }
     }
 
+    /// Whether decoded rows wait in the plugin's open batches.
+    pub fn has_pending(&self) -> bool {
+        // SAFETY: the context lives until `drop`, between callbacks here.
+        unsafe { crate::plugin::has_pending(self.ctx) }
+    }
+
+    /// Writes the plugin's open batches to the rings; every transaction
+    /// committed so far is then complete in them.
+    pub fn flush(&mut self) {
+        // SAFETY: the context lives until `drop`, between callbacks here.
+        unsafe { crate::plugin::flush_pending(self.ctx) };
+        self.sink.flushed();
+    }
+
     /// The end of the last record decoded: every transaction that
     /// committed before it has passed through the plugin.
     pub fn decoded_upto(&self) -> pg_sys::XLogRecPtr {

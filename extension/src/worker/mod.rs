@@ -25,6 +25,8 @@ pub use launcher::init;
 
 /// How often the slot is told what it may forget (it may fsync its state).
 const CONFIRM_EVERY: Duration = Duration::from_millis(50);
+/// WAL records decoded between checks of the linger time.
+const PUMP_RECORDS: usize = 256;
 /// How long a new worker waits for its stream's catalog rows to commit.
 const STREAM_PATIENCE: Duration = Duration::from_secs(30);
 /// Longest sleep when no WAL arrives (the first one is a millisecond).
@@ -164,6 +166,7 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
         ("publication_names", quote_publication(&stream.publication)),
         ("batch_bytes", batch_bytes.to_string()),
         ("flush_on_table_change", merged.to_string()),
+        ("flush_at_commit", "false".to_string()),
     ];
     // SAFETY: a background worker connected to the slot's database, outside
     // any transaction, as the decoding loop requires.
@@ -172,10 +175,24 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
 
     let mut last_confirm = Instant::now();
     let mut idle = Duration::from_millis(1);
+    // When the oldest row waiting in an open batch was decoded.
+    let mut holding_since: Option<Instant> = None;
     loop {
-        let read = session.pump(10_000);
+        let read = session.pump(PUMP_RECORDS);
+        // Batches span transactions while the WAL keeps coming, for at most
+        // the linger time; once caught up, everything goes out at once.
+        if session.has_pending() {
+            let since = *holding_since.get_or_insert_with(Instant::now);
+            if read < PUMP_RECORDS || since.elapsed() >= gucs::linger() {
+                session.flush();
+                holding_since = None;
+            }
+        } else {
+            session.sink_mut().flushed();
+            holding_since = None;
+        }
         if last_confirm.elapsed() >= CONFIRM_EVERY || read == 0 {
-            let bound = session.sink().confirmable(session.decoded_upto());
+            let bound = session.sink().confirmable(session.decoded_upto(), session.has_pending());
             session.confirm(bound);
             session.sink_mut().heartbeat();
             last_confirm = Instant::now();

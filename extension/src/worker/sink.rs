@@ -31,6 +31,8 @@ pub struct Sink {
     by_table: HashMap<(String, String), usize>,
     /// End LSN of the last commit that went through the plugin.
     committed: u64,
+    /// `committed` when the open batches were last written.
+    flushed: u64,
 }
 
 /// Where a table's changes go, as `pgcdc.routes` records it.
@@ -50,7 +52,7 @@ impl Sink {
         geometry: Geometry,
         group: Option<u32>,
     ) -> Result<Sink, RingError> {
-        let mut sink = Sink { routes: Vec::new(), by_table: HashMap::new(), committed: 0 };
+        let mut sink = Sink { routes: Vec::new(), by_table: HashMap::new(), committed: 0, flushed: 0 };
         let mut index: HashMap<&str, usize> = HashMap::new();
         for spec in routes {
             let i = match index.get(spec.route.as_str()) {
@@ -118,19 +120,27 @@ impl Sink {
         }
     }
 
-    /// A transaction ending at `lsn` went through the plugin: its frames,
-    /// if it had any, are in their rings; merging readers may pass it.
+    /// A transaction ending at `lsn` went through the plugin (its rows may
+    /// still wait in an open batch).
     pub fn committed(&mut self, lsn: u64) {
         self.committed = self.committed.max(lsn);
+    }
+
+    /// Every open batch was written: each transaction that went through
+    /// the plugin is complete in the rings, and merging readers may pass it.
+    pub fn flushed(&mut self) {
+        self.flushed = self.committed;
+        let lsn = self.committed;
         self.routes.iter().for_each(|r| r.writer.complete_through(lsn));
     }
 
     /// The LSN the slot may confirm: everything decoded up to `decoded`
-    /// that every registered consumer of every ring either acknowledged or
-    /// has read to the end of (a consumer that is caught up holds nothing
-    /// back, however quiet its tables).
-    pub fn confirmable(&self, decoded: u64) -> u64 {
-        let mut bound = decoded;
+    /// (or, while rows wait in open batches, up to the last flush) that
+    /// every registered consumer of every ring either acknowledged or has
+    /// read to the end of (a consumer that is caught up holds nothing back,
+    /// however quiet its tables).
+    pub fn confirmable(&self, decoded: u64, pending: bool) -> u64 {
+        let mut bound = if pending { self.flushed } else { decoded };
         for route in &self.routes {
             let status = route.writer.ring().status();
             for consumer in &status.consumers {

@@ -1,0 +1,199 @@
+//! End to end: from commit into RecordBatches in a reader process, beside
+//! pg_recvlogical with wal2json on the same WAL; commit-to-reader latency at
+//! a fixed rate; and the HashPartitioner.
+//!
+//! Commits are synchronous (the cluster runs with fsync off, so that is
+//! cheap): decoding follows the flushed WAL, and with asynchronous commit
+//! the WAL writer's 200 ms delay would dominate the latency.
+
+use pg_test::{Cluster, Settings};
+use pgcdc_reader::changes::{max_commit_lsn, ChangeReader};
+use pgcdc_reader::HashPartitioner;
+use postgres::{Client, NoTls};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn ring_of(client: &mut Client, slot: &str) -> PathBuf {
+    let row = client
+        .query_one(&format!("SELECT ring_path FROM cdc_auto_configure('public.narrow', slot_name => '{slot}')"), &[])
+        .unwrap();
+    PathBuf::from(row.get::<_, String>(0))
+}
+
+fn stop_worker(client: &mut Client) {
+    client
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE backend_type = 'pgcdc worker'",
+        )
+        .unwrap();
+}
+
+pub fn run() {
+    let rows = env_usize("BENCH_E2E_ROWS", 2_000_000);
+    println!("\n## End to end\n\nStarting a private cluster…");
+    let cluster = Cluster::start_with(
+        Settings::default()
+            .with("shared_buffers", "'512MB'")
+            .with("max_wal_size", "'8GB'")
+            .with("pgcdc.ring_size", "64"),
+    );
+    let mut client = cluster.database_with_pgcdc("e2e");
+    client.batch_execute("CREATE TABLE narrow (id bigint PRIMARY KEY, v int)").unwrap();
+    let ring = ring_of(&mut client, "e2e");
+    client.query("SELECT pg_create_logical_replication_slot('w2j', 'wal2json')", &[]).unwrap();
+
+    // Throughput: write the WAL with the worker stopped, then time the
+    // worker and one reader draining it.
+    stop_worker(&mut client);
+    let mut start = 1;
+    while start <= rows {
+        let end = (start + 99_999).min(rows);
+        client
+            .batch_execute(&format!("INSERT INTO narrow SELECT g, g % 1000 FROM generate_series({start}, {end}) g"))
+            .unwrap();
+        start = end + 1;
+    }
+    let end_lsn: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0);
+    let mut reader = ChangeReader::open(&ring, "default").unwrap();
+    let started = Instant::now();
+    ring_of(&mut client, "e2e"); // restarts the worker
+    let mut received = 0;
+    while received < rows {
+        if let Some(batch) = reader.next_batch(Duration::from_secs(10)).unwrap() {
+            received += batch.num_rows();
+            reader.ack(max_commit_lsn(&batch).unwrap());
+        } else {
+            panic!("the reader stalled at {received} of {rows} rows");
+        }
+    }
+    let ours = started.elapsed();
+    let started = Instant::now();
+    let recv = Command::new(pg_test::bindir().join("pg_recvlogical"))
+        .args([
+            "-d",
+            &cluster.conninfo("e2e"),
+            "--slot",
+            "w2j",
+            "--start",
+            "--no-loop",
+            "--endpos",
+            &end_lsn,
+            "-f",
+            "/dev/null",
+        ])
+        .status()
+        .unwrap();
+    assert!(recv.success());
+    let theirs = started.elapsed();
+    println!(
+        "\n| pipeline | changes | time | changes/s |\n|---|---:|---:|---:|\n| pgcdc worker → ring → RecordBatch reader | {rows} | {:.2} s | {:.0}k |\n| pg_recvlogical + wal2json → file | {rows} | {:.2} s | {:.0}k |",
+        ours.as_secs_f64(),
+        rows as f64 / ours.as_secs_f64() / 1e3,
+        theirs.as_secs_f64(),
+        rows as f64 / theirs.as_secs_f64() / 1e3,
+    );
+    println!(
+        "\npgcdc: {:.1}× the changes/s of pg_recvlogical + wal2json (target: ≥ 1M changes/s on one core).",
+        theirs.as_secs_f64() / ours.as_secs_f64()
+    );
+
+    latency(&cluster, &mut client, reader);
+    partitioning();
+}
+
+/// Commit-to-reader latency at a fixed transaction rate.
+fn latency(cluster: &Cluster, client: &mut Client, mut reader: ChangeReader) {
+    let rate = env_usize("BENCH_RATE", 10_000);
+    let seconds = env_usize("BENCH_LATENCY_SECONDS", 5);
+    let writers = env_usize("BENCH_WRITERS", 4);
+    client.batch_execute("TRUNCATE narrow").unwrap();
+    // Drain the truncate.
+    while let Some(batch) = reader.next_batch(Duration::from_millis(500)).unwrap() {
+        reader.ack(max_commit_lsn(&batch).unwrap());
+    }
+    let running = Arc::new(AtomicBool::new(true));
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let conninfo = cluster.conninfo("e2e");
+            let running = running.clone();
+            std::thread::spawn(move || {
+                let mut client = Client::connect(&conninfo, NoTls).unwrap();
+                let statement = client.prepare("INSERT INTO narrow VALUES ($1, 0)").unwrap();
+                let interval = Duration::from_secs_f64(writers as f64 / rate as f64);
+                let mut next = Instant::now();
+                let mut id = w as i64;
+                let mut done = 0u64;
+                while running.load(Ordering::Relaxed) {
+                    client.execute(&statement, &[&id]).unwrap();
+                    id += writers as i64;
+                    done += 1;
+                    next += interval;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(seconds as u64);
+    while Instant::now() < deadline {
+        if let Some(batch) = reader.next_batch(Duration::from_millis(100)).unwrap() {
+            let now_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64;
+            let commits = batch
+                .column_by_name("_commit_ts")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
+                .unwrap()
+                .clone();
+            latencies.extend(commits.values().iter().map(|c| (now_us - c) as f64 / 1000.0));
+            reader.ack(max_commit_lsn(&batch).unwrap());
+        }
+    }
+    running.store(false, Ordering::Relaxed);
+    let committed: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    println!(
+        "\nLatency from commit to a RecordBatch in the reader, {writers} writers at {rate} transactions/s target \
+         ({:.0} achieved), {} rows: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 < 5 ms).",
+        committed as f64 / seconds as f64,
+        latencies.len(),
+        pct(0.50),
+        pct(0.99),
+        latencies.last().copied().unwrap_or(0.0)
+    );
+}
+
+/// HashPartitioner throughput on a batch of narrow rows.
+fn partitioning() {
+    use arrow_array::{Int64Array, RecordBatch};
+    use std::sync::Arc;
+    let n = 4_000_000i64;
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(Int64Array::from_iter_values(0..n)) as _),
+        ("v", Arc::new(Int64Array::from_iter_values((0..n).map(|i| i % 1000))) as _),
+    ])
+    .unwrap();
+    let partitioner = HashPartitioner::new(&["id"], 8);
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let parts = partitioner.partition(&batch).unwrap();
+        best = best.min(started.elapsed().as_secs_f64());
+        assert_eq!(parts.iter().map(RecordBatch::num_rows).sum::<usize>(), n as usize);
+    }
+    println!(
+        "\nHashPartitioner: {n} rows by an int8 key into 8 partitions: {:.1}M rows/s (best of 5; target ≥ 10M rows/s).",
+        n as f64 / best / 1e6
+    );
+}
