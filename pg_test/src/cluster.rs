@@ -157,6 +157,11 @@ impl Cluster {
         Command::new(self.bindir.join(program)).args(args).output().unwrap_or_else(|e| panic!("run {program}: {e}"))
     }
 
+    /// Stops the server cleanly and starts it again.
+    pub fn restart(&self) {
+        self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "60"]);
+    }
+
     fn pg_ctl(&self, args: &[&str]) {
         let log = self.root.join("log");
         let mut all = vec!["-D", path(&self.data), "-l", path(&log)];

@@ -139,3 +139,29 @@ fn changes_flow_into_rings_and_acknowledgements_move_the_slot() {
     });
     assert!(users.next_batch(Duration::from_millis(200)).unwrap().is_none(), "noise is not routed to users");
 }
+
+#[test]
+fn preloaded_pgcdc_restarts_every_stream_with_the_server() {
+    let cluster = Cluster::start_with(pg_test::Settings::default().with("shared_preload_libraries", "'pgcdc'"));
+    let mut client = cluster.database_with_pgcdc("preload");
+    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    let routes = configure(&mut client, "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'kept')");
+    let mut reader = ChangeReader::open_waiting(&routes[0].1, "default", WAIT).unwrap();
+    client.batch_execute("INSERT INTO t VALUES (1)").unwrap();
+    let batch = reader.next_batch(WAIT).unwrap().expect("before the restart");
+    assert_eq!(ints(&batch, "id"), [Some(1)]);
+    reader.ack(max_commit_lsn(&batch).unwrap());
+
+    // A clean restart ends the dynamic worker; the launcher brings it back.
+    cluster.restart();
+    let mut client = cluster.connect_to("preload");
+    eventually("the launcher to start the stream's worker", || {
+        client
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pgcdc worker'", &[])
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+    });
+    client.batch_execute("INSERT INTO t VALUES (2)").unwrap();
+    let batch = reader.next_batch(WAIT).unwrap().expect("after the restart");
+    assert_eq!(ints(&batch, "id"), [Some(2)], "the reader kept its place across the restart");
+}

@@ -1,6 +1,9 @@
 // The front page's example uses `client`; without it, a plain summary.
 #![cfg_attr(feature = "client", doc = include_str!("../README.md"))]
-#![cfg_attr(not(feature = "client"), doc = "Read PostgreSQL changes as Arrow RecordBatches from pgcdc's shared-memory rings.")]
+#![cfg_attr(
+    not(feature = "client"),
+    doc = "Read PostgreSQL changes as Arrow RecordBatches from pgcdc's shared-memory rings."
+)]
 
 pub mod changes;
 #[cfg(feature = "client")]
