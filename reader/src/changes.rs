@@ -154,18 +154,26 @@ impl ChangeReader {
     }
 }
 
+/// Waits for the next batch however long it takes; None never comes, an
+/// error ends the iteration. Both readers' `Iterator`s are this.
+pub(crate) fn next_blocking(
+    mut next_batch: impl FnMut(Duration) -> Result<Option<RecordBatch>, ReadError>,
+) -> Option<Result<RecordBatch, ReadError>> {
+    loop {
+        match next_batch(Duration::from_secs(3600)) {
+            Ok(Some(batch)) => return Some(Ok(batch)),
+            Ok(None) => continue,
+            Err(e) => return Some(Err(e)),
+        }
+    }
+}
+
 /// Blocks for each batch; ends only on an error.
 impl Iterator for ChangeReader {
     type Item = Result<RecordBatch, ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            match self.next_batch(Duration::from_secs(3600)) {
-                Ok(Some(batch)) => return Some(Ok(batch)),
-                Ok(None) => continue,
-                Err(e) => return Some(Err(e)),
-            }
-        }
+        next_blocking(|timeout| self.next_batch(timeout))
     }
 }
 

@@ -16,6 +16,7 @@
 
 use crate::changes::{ChangeReader, ReadError};
 use crate::merge::{merge_streams, MergedReader};
+pub use crate::status::RouteStatus;
 use postgres::{Client, NoTls};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -120,26 +121,12 @@ pub fn auto_configure_merged<S: AsRef<str>>(
     Ok(merge_streams(readers))
 }
 
-/// One row of `cdc_status()`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RouteStatus {
-    pub slot: String,
-    pub route: String,
-    pub worker_pid: Option<i32>,
-    pub slot_lag_bytes: Option<i64>,
-    pub lag_seconds: f64,
-    pub ring_fill_bytes: i64,
-    pub ring_capacity_bytes: i64,
-    pub consumers: Vec<String>,
-    pub changes_per_second: i64,
-}
-
 /// Reads `cdc_status()`.
 pub fn status(conninfo: &str) -> Result<Vec<RouteStatus>, ClientError> {
     let mut client = Client::connect(conninfo, NoTls)?;
     let rows = client.query(
-        "SELECT slot_name, route, worker_pid, slot_lag_bytes, lag_seconds, ring_fill_bytes, ring_capacity_bytes,
-                consumers, changes_per_second FROM cdc_status()",
+        "SELECT slot_name, route, ring_path, worker_pid, slot_lag_bytes, lag_seconds, ring_fill_bytes,
+                ring_capacity_bytes, consumers, changes_per_second FROM cdc_status()",
         &[],
     )?;
     Ok(rows
@@ -147,13 +134,14 @@ pub fn status(conninfo: &str) -> Result<Vec<RouteStatus>, ClientError> {
         .map(|r| RouteStatus {
             slot: r.get(0),
             route: r.get(1),
-            worker_pid: r.get(2),
-            slot_lag_bytes: r.get(3),
-            lag_seconds: r.get(4),
-            ring_fill_bytes: r.get(5),
-            ring_capacity_bytes: r.get(6),
-            consumers: r.get(7),
-            changes_per_second: r.get(8),
+            ring_path: r.get(2),
+            worker_pid: r.get(3),
+            slot_lag_bytes: r.get(4),
+            lag_seconds: r.get(5),
+            ring_fill_bytes: r.get(6),
+            ring_capacity_bytes: r.get(7),
+            consumers: r.get(8),
+            changes_per_second: r.get(9),
         })
         .collect())
 }

@@ -13,6 +13,7 @@ pub mod merge;
 pub mod partition;
 pub mod pattern;
 pub mod ring;
+pub mod status;
 #[cfg(feature = "async")]
 pub mod stream;
 

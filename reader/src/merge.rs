@@ -94,12 +94,6 @@ impl Iterator for MergedReader {
     type Item = Result<RecordBatch, ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            match self.next_batch(Duration::from_secs(3600)) {
-                Ok(Some(batch)) => return Some(Ok(batch)),
-                Ok(None) => continue,
-                Err(e) => return Some(Err(e)),
-            }
-        }
+        crate::changes::next_blocking(|timeout| self.next_batch(timeout))
     }
 }

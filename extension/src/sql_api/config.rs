@@ -80,35 +80,8 @@ pub fn checks(new_slots: i64) -> Result<Vec<Check>, SqlError> {
         conf_line: Some("wal_level = logical".into()),
     }];
 
-    let slots_needed = s.slots_used + new_slots.max(1);
-    let slots_wanted = slots_needed.max(10);
-    checks.push(Check {
-        setting: "max_replication_slots".into(),
-        current: format!("{} ({} in use)", s.slots, s.slots_used),
-        required: format!("at least {slots_needed}"),
-        ok: s.slots >= slots_needed,
-        fix: format!("ALTER SYSTEM SET max_replication_slots = {slots_wanted}; {restart}"),
-        problem: format!(
-            "max_replication_slots is '{}' with {} in use but must be at least '{slots_needed}'",
-            s.slots, s.slots_used
-        ),
-        conf_line: Some(format!("max_replication_slots = {slots_wanted}")),
-    });
-
-    let senders_needed = s.senders_used + 1;
-    let senders_wanted = senders_needed.max(10);
-    checks.push(Check {
-        setting: "max_wal_senders".into(),
-        current: format!("{} ({} in use)", s.senders, s.senders_used),
-        required: format!("at least {senders_needed}"),
-        ok: s.senders >= senders_needed,
-        fix: format!("ALTER SYSTEM SET max_wal_senders = {senders_wanted}; {restart}"),
-        problem: format!(
-            "max_wal_senders is '{}' with {} in use but must be at least '{senders_needed}'",
-            s.senders, s.senders_used
-        ),
-        conf_line: Some(format!("max_wal_senders = {senders_wanted}")),
-    });
+    checks.push(capacity("max_replication_slots", s.slots, s.slots_used, new_slots.max(1)));
+    checks.push(capacity("max_wal_senders", s.senders, s.senders_used, 1));
 
     if let Some(libraries) = &s.plugin_libraries {
         let listed = libraries.split(',').map(|l| l.trim().trim_matches('"').to_lowercase());
@@ -163,6 +136,22 @@ pub fn checks(new_slots: i64) -> Result<Vec<Check>, SqlError> {
         conf_line: None,
     });
     Ok(checks)
+}
+
+/// A setting that caps how many of something exist (slots, walsenders):
+/// `needed` more than are in use must fit.
+fn capacity(setting: &str, total: i64, used: i64, needed: i64) -> Check {
+    let minimum = used + needed;
+    let wanted = minimum.max(10);
+    Check {
+        setting: setting.into(),
+        current: format!("{total} ({used} in use)"),
+        required: format!("at least {minimum}"),
+        ok: total >= minimum,
+        fix: format!("ALTER SYSTEM SET {setting} = {wanted}; then restart PostgreSQL"),
+        problem: format!("{setting} is '{total}' with {used} in use but must be at least '{minimum}'"),
+        conf_line: Some(format!("{setting} = {wanted}")),
+    }
 }
 
 /// The report of every failed check, or None when all pass:

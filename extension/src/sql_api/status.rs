@@ -5,25 +5,8 @@ use super::discover;
 use super::error::SqlError;
 use crate::gucs;
 use pgcdc_reader::ring::{file, now_ms};
+use pgcdc_reader::status::RouteStatus;
 use pgrx::spi::Spi;
-
-/// One route's state.
-pub struct RouteStatus {
-    pub slot: String,
-    pub route: String,
-    pub ring_path: String,
-    pub worker_pid: Option<i32>,
-    /// WAL the slot retains: from its confirmed position to the current end.
-    pub slot_lag_bytes: Option<i64>,
-    /// How long the oldest unacknowledged change has waited in the ring.
-    pub lag_seconds: f64,
-    pub ring_fill_bytes: i64,
-    pub ring_capacity_bytes: i64,
-    /// `name (pid N)` of each registered consumer; `gone` when its process
-    /// is not running.
-    pub consumers: Vec<String>,
-    pub changes_per_second: i64,
-}
 
 pub fn status() -> Result<Vec<RouteStatus>, SqlError> {
     let routes: Vec<(String, String, Option<i64>)> = Spi::connect(|client| {

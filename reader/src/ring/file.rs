@@ -74,7 +74,10 @@ pub fn open_or_create(path: &Path, geometry: Geometry, group: Option<u32>) -> Re
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let temporary = path.with_extension(format!("new.{}", std::process::id()));
+    // Unique per process and per call: concurrent creators never share it.
+    static CREATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let serial = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temporary = path.with_extension(format!("new.{}.{serial}", std::process::id()));
     let file = OpenOptions::new()
         .read(true)
         .write(true)
