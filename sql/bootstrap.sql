@@ -22,7 +22,11 @@ CREATE TABLE pgcdc.routes (
     schema_name name NOT NULL,
     table_name  name NOT NULL,
     route       text NOT NULL,
-    PRIMARY KEY (slot_name, schema_name, table_name)
+    -- A table split by a hash of its replica identity key has one route per
+    -- partition: which one this is, and how many there are.
+    partition   int NOT NULL DEFAULT 0,
+    partitions  int NOT NULL DEFAULT 1 CHECK (partitions BETWEEN 1 AND 64),
+    PRIMARY KEY (slot_name, schema_name, table_name, partition)
 );
 COMMENT ON TABLE pgcdc.routes IS 'the tables of each stream and the route (ring) their changes go to';
 

@@ -165,3 +165,76 @@ fn preloaded_pgcdc_restarts_every_stream_with_the_server() {
     let batch = reader.next_batch(WAIT).unwrap().expect("after the restart");
     assert_eq!(ints(&batch, "id"), [Some(2)], "the reader kept its place across the restart");
 }
+
+#[test]
+fn a_table_split_by_key_keeps_every_keys_changes_together_and_in_order() {
+    let cluster = Cluster::start();
+    let mut client = cluster.database_with_pgcdc("split");
+    client.batch_execute("CREATE TABLE accounts (id int PRIMARY KEY, balance int)").unwrap();
+    let routes = configure(
+        &mut client,
+        "SELECT * FROM cdc_auto_configure('public.accounts', slot_name => 'split', partitions => 3)",
+    );
+    assert_eq!(routes.len(), 3, "three routes for one table");
+    assert!(routes.iter().all(|(t, _)| t == "public.accounts"));
+    let names: Vec<String> =
+        routes.iter().map(|(_, p)| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["public.accounts%230.ring", "public.accounts%231.ring", "public.accounts%232.ring"]);
+    let (message, _) = {
+        let e = client
+            .batch_execute("SELECT * FROM cdc_auto_configure('public.accounts', slot_name => 'x', partitions => 0)")
+            .unwrap_err();
+        let db = e.as_db_error().unwrap();
+        (db.message().to_owned(), ())
+    };
+    assert_eq!(message, "partitions must be from 1 to 64, not 0");
+
+    client
+        .batch_execute(
+            "INSERT INTO accounts SELECT g, 0 FROM generate_series(1, 300) g;
+             UPDATE accounts SET balance = balance + 1;
+             UPDATE accounts SET balance = balance + 1 WHERE id % 2 = 0;
+             DELETE FROM accounts WHERE id % 3 = 0;
+             TRUNCATE accounts;",
+        )
+        .unwrap();
+    let mut seen: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    let mut truncates = 0;
+    let mut total = 0;
+    for (k, (_, path)) in routes.iter().enumerate() {
+        let mut reader = ChangeReader::open_waiting(path, "default", WAIT).unwrap();
+        let mut rows: Vec<(String, Option<i64>, Option<i64>)> = Vec::new();
+        let deadline = Instant::now() + WAIT;
+        while !rows.iter().any(|r| r.0 == "t") && Instant::now() < deadline {
+            if let Some(batch) = reader.next_batch(Duration::from_millis(500)).unwrap() {
+                let ops = ops(&batch);
+                let ids = ints(&batch, "id");
+                let balances = ints(&batch, "balance");
+                rows.extend((0..batch.num_rows()).map(|i| (ops[i].clone(), ids[i], balances[i])));
+            }
+        }
+        truncates += rows.iter().filter(|r| r.0 == "t").count();
+        // Each key's changes sit in one partition, in the order they happened.
+        let mut per_key: std::collections::HashMap<i64, Vec<(String, Option<i64>)>> = std::collections::HashMap::new();
+        for (op, id, balance) in rows.iter().filter(|r| r.0 != "t") {
+            per_key.entry(id.unwrap()).or_default().push((op.clone(), *balance));
+            total += 1;
+        }
+        for (id, changes) in per_key {
+            assert!(seen.insert(id, k).is_none(), "key {id} appears in two partitions");
+            let mut expected = vec![("c".to_owned(), Some(0)), ("u".to_owned(), Some(1))];
+            if id % 2 == 0 {
+                expected.push(("u".to_owned(), Some(2)));
+            }
+            if id % 3 == 0 {
+                expected.push(("d".to_owned(), None));
+            }
+            assert_eq!(changes, expected, "key {id}");
+        }
+    }
+    assert_eq!(seen.len(), 300, "every key once");
+    assert_eq!(total, 300 + 300 + 150 + 100);
+    assert_eq!(truncates, 3, "a TRUNCATE reaches every partition");
+    let spread: Vec<usize> = (0..3).map(|k| seen.values().filter(|p| **p == k).count()).collect();
+    assert!(spread.iter().all(|n| *n > 50), "keys spread over partitions: {spread:?}");
+}

@@ -38,6 +38,8 @@ pub struct Config {
     pub exclude: Vec<String>,
     pub slot: String,
     pub route_by_table: bool,
+    /// Routes per table by a hash of its replica identity key (1: none).
+    pub partitions: i32,
     /// The consumer name the readers register under.
     pub consumer: String,
     /// How long to wait for the worker to create a ring.
@@ -51,6 +53,7 @@ impl Config {
             exclude: Vec::new(),
             slot: "pgcdc".into(),
             route_by_table: true,
+            partitions: 1,
             consumer: "default".into(),
             ring_timeout: Duration::from_secs(30),
         }
@@ -71,8 +74,9 @@ pub fn configure(conninfo: &str, config: &Config) -> Result<Vec<Route>, ClientEr
     let mut client = Client::connect(conninfo, NoTls)?;
     let rows = client.query(
         "SELECT schema_name, table_name, route, ring_path
-         FROM cdc_auto_configure($1::text[], exclude => $2::text[], slot_name => $3, route_by_table => $4)",
-        &[&config.patterns, &config.exclude, &config.slot, &config.route_by_table],
+         FROM cdc_auto_configure($1::text[], exclude => $2::text[], slot_name => $3, route_by_table => $4,
+                                 partitions => $5)",
+        &[&config.patterns, &config.exclude, &config.slot, &config.route_by_table, &config.partitions],
     )?;
     Ok(rows
         .iter()
@@ -86,7 +90,8 @@ pub fn configure(conninfo: &str, config: &Config) -> Result<Vec<Route>, ClientEr
 }
 
 /// Configures capture of the tables `patterns` select (DESIGN §5) and
-/// returns a reader per table, keyed `"schema.table"`.
+/// returns a reader per table, keyed `"schema.table"` (per partition,
+/// `"schema.table#k"`, when [`Config::partitions`] splits tables).
 pub fn auto_configure<S: AsRef<str>>(
     conninfo: &str,
     patterns: &[S],
@@ -99,7 +104,7 @@ pub fn auto_configure_with(conninfo: &str, config: &Config) -> Result<BTreeMap<S
     let mut readers = BTreeMap::new();
     for route in configure(conninfo, config)? {
         let reader = ChangeReader::open_waiting(&route.ring_path, &config.consumer, config.ring_timeout)?;
-        readers.insert(format!("{}.{}", route.schema, route.table), reader);
+        readers.insert(route.route, reader);
     }
     Ok(readers)
 }

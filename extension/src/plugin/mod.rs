@@ -10,8 +10,8 @@ mod partition;
 mod publication;
 
 use crate::report::OrReport;
-pub use decoder::current_message;
 use decoder::Decoder;
+pub use decoder::{current_message, Message};
 use error::PluginError;
 use pgcdc_encode::options::Options;
 use pgrx::pg_guard;

@@ -25,6 +25,8 @@ pub struct Request {
     pub publication: Option<String>,
     pub route_by_table: bool,
     pub grant_to: Option<String>,
+    /// Routes per table, by a hash of its replica identity key.
+    pub partitions: i32,
 }
 
 /// One route of a configured stream.
@@ -32,11 +34,16 @@ pub struct Route {
     pub schema: String,
     pub table: String,
     pub route: String,
+    /// Which of the table's key-hash partitions (0 when not split).
+    pub partition: i32,
     /// The ring file the worker writes the route's changes to.
     pub ring_path: String,
 }
 
 pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
+    if !(1..=64).contains(&request.partitions) {
+        return Err(SqlError::Partitions(request.partitions));
+    }
     let slot_plugin: Option<String> = lookup::optional(
         "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1",
         &[request.slot.as_str().into()],
@@ -94,10 +101,16 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
     let dir = std::path::PathBuf::from(gucs::ring_directory());
     let routes: Vec<Route> = tables
         .iter()
-        .map(|t| {
-            let route = if request.route_by_table { format!("{}.{}", t.schema, t.name) } else { request.slot.clone() };
+        .flat_map(|t| {
+            let base = if request.route_by_table { format!("{}.{}", t.schema, t.name) } else { request.slot.clone() };
+            (0..request.partitions).map(move |partition| {
+                let route = if request.partitions == 1 { base.clone() } else { format!("{base}#{partition}") };
+                (t, route, partition)
+            })
+        })
+        .map(|(t, route, partition)| {
             let ring_path = file::route_path(&dir, &database, &request.slot, &route).display().to_string();
-            Route { schema: t.schema.clone(), table: t.name.clone(), route, ring_path }
+            Route { schema: t.schema.clone(), table: t.name.clone(), route, partition, ring_path }
         })
         .collect();
     let changed = record(&request, &publication, &routes)?;
@@ -218,37 +231,44 @@ fn record(request: &Request, publication: &str, routes: &[Route]) -> Result<bool
     )];
     let values = routes
         .iter()
-        .map(|r| format!("({}, {}, {})", quote_literal(&r.schema), quote_literal(&r.table), quote_literal(&r.route)))
+        .map(|r| {
+            format!(
+                "({}, {}, {}, {}, {})",
+                quote_literal(&r.schema),
+                quote_literal(&r.table),
+                quote_literal(&r.route),
+                r.partition,
+                request.partitions
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let slot = quote_literal(&request.slot);
     statements.push(format!(
         "DELETE FROM pgcdc.routes r WHERE r.slot_name = {slot}
-           AND (r.schema_name, r.table_name, r.route) NOT IN (SELECT * FROM (VALUES {values}) v(s, t, route))"
+           AND (r.schema_name, r.table_name, r.route, r.partition, r.partitions)
+               NOT IN (SELECT * FROM (VALUES {values}) v(s, t, route, p, n))"
     ));
     statements.push(format!(
-        "INSERT INTO pgcdc.routes (slot_name, schema_name, table_name, route)
-         SELECT {slot}, s, t, route FROM (VALUES {values}) v(s, t, route)
-         ON CONFLICT (slot_name, schema_name, table_name) DO NOTHING"
+        "INSERT INTO pgcdc.routes (slot_name, schema_name, table_name, route, partition, partitions)
+         SELECT {slot}, s, t, route, p, n FROM (VALUES {values}) v(s, t, route, p, n)
+         ON CONFLICT (slot_name, schema_name, table_name, partition) DO NOTHING"
     ));
     run(&statements)?;
     Ok(route_list(&request.slot)? != before)
 }
 
 /// The recorded routes of a stream, sorted.
-fn route_list(slot: &str) -> Result<Vec<(String, String, String)>, SqlError> {
+fn route_list(slot: &str) -> Result<Vec<String>, SqlError> {
     Spi::connect(|client| {
         let mut list = Vec::new();
         for row in client.select(
-            "SELECT schema_name::text, table_name::text, route FROM pgcdc.routes WHERE slot_name = $1 ORDER BY 1, 2",
+            "SELECT format('%s %s %s %s %s', schema_name, table_name, route, partition, partitions)
+             FROM pgcdc.routes WHERE slot_name = $1 ORDER BY 1",
             None,
             &[slot.into()],
         )? {
-            list.push((
-                row.get(1)?.unwrap_or_default(),
-                row.get(2)?.unwrap_or_default(),
-                row.get(3)?.unwrap_or_default(),
-            ));
+            list.push(row.get(1)?.unwrap_or_default());
         }
         Ok(list)
     })

@@ -25,6 +25,8 @@ pub enum SqlError {
     NoSuchTable(String, String),
     #[error("no pgcdc stream uses replication slot \"{0}\"")]
     NoSuchStream(String),
+    #[error("partitions must be from 1 to 64, not {0}")]
+    Partitions(i32),
     #[error("pgcdc worker: {0}")]
     Worker(String),
     #[error(transparent)]
@@ -46,7 +48,7 @@ impl Report for SqlError {
         use PgSqlErrorCode::*;
         match self {
             SqlError::NotConfigured(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            SqlError::Pattern(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            SqlError::Pattern(_) | SqlError::Partitions(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             SqlError::NoMatch { .. } | SqlError::AllExcluded | SqlError::NoSuchTable(..) => ERRCODE_UNDEFINED_TABLE,
             SqlError::SlotPlugin { .. } | SqlError::SlotElsewhere { .. } => ERRCODE_DUPLICATE_OBJECT,
             SqlError::NoSuchRole(_) | SqlError::NoSuchStream(_) => ERRCODE_UNDEFINED_OBJECT,
@@ -58,6 +60,7 @@ impl Report for SqlError {
     fn hint(&self) -> Option<String> {
         match self {
             SqlError::NotConfigured(_) | SqlError::Spi(_) => None,
+            SqlError::Partitions(_) => Some("Each partition is a ring that one consumer reads in parallel with the others.".into()),
             SqlError::Worker(_) => Some("Background workers are limited by max_worker_processes.".into()),
             SqlError::Pattern(_) => Some(
                 "Patterns are schema.table regular expressions: * alone means any name, \\. any character, and \"Quoted\" parts are exact names."

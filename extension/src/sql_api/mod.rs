@@ -77,17 +77,28 @@ fn cdc_auto_configure_one(
     publication_name: default!(Option<&str>, "NULL"),
     route_by_table: default!(bool, true),
     grant_to: default!(Option<&str>, "NULL"),
+    partitions: default!(i32, 1),
 ) -> TableIterator<
     'static,
     (name!(schema_name, String), name!(table_name, String), name!(route, String), name!(ring_path, String)),
 > {
-    cdc_auto_configure(vec![tables.to_owned()], exclude, slot_name, publication_name, route_by_table, grant_to)
+    cdc_auto_configure(
+        vec![tables.to_owned()],
+        exclude,
+        slot_name,
+        publication_name,
+        route_by_table,
+        grant_to,
+        partitions,
+    )
 }
 
 /// Configures change data capture for the tables the patterns select:
 /// validates the server, creates or updates the publication, creates the
 /// `wal2arrow` slot, grants read access, records the stream and starts its
-/// worker. Returns each table's route and ring file. Running it again with
+/// worker. Returns each table's route and ring file (`partitions` > 1
+/// splits each table into that many routes by a hash of its replica
+/// identity key, for parallel consumers). Running it again with
 /// the same arguments changes nothing.
 #[pg_extern]
 fn cdc_auto_configure(
@@ -97,6 +108,7 @@ fn cdc_auto_configure(
     publication_name: default!(Option<&str>, "NULL"),
     route_by_table: default!(bool, true),
     grant_to: default!(Option<&str>, "NULL"),
+    partitions: default!(i32, 1),
 ) -> TableIterator<
     'static,
     (name!(schema_name, String), name!(table_name, String), name!(route, String), name!(ring_path, String)),
@@ -108,6 +120,7 @@ fn cdc_auto_configure(
         publication: publication_name.map(str::to_owned),
         route_by_table,
         grant_to: grant_to.map(str::to_owned),
+        partitions,
     })
     .or_report();
     TableIterator::new(routes.into_iter().map(|r| (r.schema, r.table, r.route, r.ring_path)))

@@ -65,8 +65,9 @@ fn load_stream(slot: &str) -> Result<Option<Stream>, pgrx::spi::Error> {
             return Ok(None);
         }
         let rows = client.select(
-            "SELECT s.publication_name::text, r.schema_name::text, r.table_name::text, r.route
-             FROM pgcdc.streams s JOIN pgcdc.routes r USING (slot_name) WHERE s.slot_name = $1",
+            "SELECT s.publication_name::text, r.schema_name::text, r.table_name::text, r.route, r.partition
+             FROM pgcdc.streams s JOIN pgcdc.routes r USING (slot_name) WHERE s.slot_name = $1
+             ORDER BY r.schema_name, r.table_name, r.partition",
             None,
             &[slot.into()],
         )?;
@@ -78,6 +79,7 @@ fn load_stream(slot: &str) -> Result<Option<Stream>, pgrx::spi::Error> {
                 schema: row.get(2)?.unwrap_or_default(),
                 table: row.get(3)?.unwrap_or_default(),
                 route: row.get(4)?.unwrap_or_default(),
+                partition: row.get::<i32>(5)?.unwrap_or(0),
             });
         }
         Ok(publication.map(|publication| Stream { publication, routes }))

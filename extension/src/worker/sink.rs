@@ -1,11 +1,17 @@
 //! Where the worker's decoded messages go: one ring per route, chosen by
 //! the message's table, with back-pressure when a ring is full.
 
-use crate::plugin::current_message;
+use crate::plugin::{current_message, Message};
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int8Type;
+use arrow_array::UInt32Array;
 use pgcdc_encode::ipc;
+use pgcdc_reader::changes::max_commit_lsn;
+use pgcdc_reader::contract::{self, Op};
 use pgcdc_reader::ring::layout::Geometry;
 use pgcdc_reader::ring::now_ms;
 use pgcdc_reader::ring::{file, RingError, RingWriter, Written};
+use pgcdc_reader::HashPartitioner;
 use pgrx::pg_sys;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -27,12 +33,60 @@ struct Route {
 /// One stream's rings.
 pub struct Sink {
     routes: Vec<Route>,
-    /// (schema, table) → index into `routes`.
-    by_table: HashMap<(String, String), usize>,
+    /// (schema, table) → index into `routes` of each key-hash partition.
+    by_table: HashMap<(String, String), Vec<usize>>,
     /// End LSN of the last commit that went through the plugin.
     committed: u64,
     /// `committed` when the open batches were last written.
     flushed: u64,
+}
+
+/// Splits a message into `n` by a hash of the table's replica identity
+/// columns (`pg.key`; every column when none is), keeping each key's rows
+/// in order. TRUNCATE rows go to every partition. Each part is an IPC
+/// stream with its highest commit LSN and row count, or None when empty.
+fn split_by_key(bytes: &[u8], n: usize) -> Result<Vec<Option<(Vec<u8>, u64, usize)>>, arrow_schema::ArrowError> {
+    let mut parts = vec![None; n];
+    // A plugin message holds one record batch.
+    if let Some(batch) = ipc::read_stream(bytes)?.into_iter().next() {
+        let schema = batch.schema();
+        let mut keys: Vec<String> = schema
+            .fields()
+            .iter()
+            .filter(|f| f.metadata().get(contract::FIELD_PG_KEY).is_some_and(|k| k == "true"))
+            .map(|f| f.name().clone())
+            .collect();
+        if keys.is_empty() {
+            keys = schema
+                .fields()
+                .iter()
+                .filter(|f| f.metadata().contains_key(contract::FIELD_PG_TYPE))
+                .map(|f| f.name().clone())
+                .collect();
+        }
+        let assignment = HashPartitioner::new(&keys, n).assign(&batch)?;
+        let ops = batch
+            .column_by_name(contract::OP)
+            .and_then(|c| c.as_dictionary_opt::<Int8Type>())
+            .map(|d| d.keys().values().to_vec())
+            .unwrap_or_default();
+        let truncate = Op::Truncate.dictionary_key();
+        for (k, part) in parts.iter_mut().enumerate() {
+            let rows: Vec<u32> = (0..batch.num_rows())
+                .filter(|r| assignment[*r] == k || ops.get(*r) == Some(&truncate))
+                .map(|r| r as u32)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let piece = arrow_select::take::take_record_batch(&batch, &UInt32Array::from(rows))?;
+            let mut payload = Vec::new();
+            ipc::write_stream(&piece, &mut payload)?;
+            let max_commit = max_commit_lsn(&piece).unwrap_or(0);
+            *part = Some((payload, max_commit, piece.num_rows()));
+        }
+    }
+    Ok(parts)
 }
 
 /// Where a table's changes go, as `pgcdc.routes` records it.
@@ -40,6 +94,8 @@ pub struct RouteSpec {
     pub schema: String,
     pub table: String,
     pub route: String,
+    /// Which of the table's key-hash partitions the route carries.
+    pub partition: i32,
 }
 
 impl Sink {
@@ -74,7 +130,12 @@ impl Sink {
                     sink.routes.len() - 1
                 }
             };
-            sink.by_table.insert((spec.schema.clone(), spec.table.clone()), i);
+            let partitions = sink.by_table.entry((spec.schema.clone(), spec.table.clone())).or_default();
+            let at = usize::try_from(spec.partition).unwrap_or(0);
+            if partitions.len() <= at {
+                partitions.resize(at + 1, i);
+            }
+            partitions[at] = i;
         }
         Ok(sink)
     }
@@ -84,11 +145,27 @@ impl Sink {
     pub fn write(&mut self, bytes: &[u8]) {
         let Some(message) = current_message() else { return };
         let spec = message.schema.spec();
-        let Some(&i) = self.by_table.get(&(spec.schema.clone(), spec.table.clone())) else {
+        let Some(routes) = self.by_table.get(&(spec.schema.clone(), spec.table.clone())) else {
             // The publication only holds routed tables; anything else (a
             // table added behind the catalog's back) is not this stream's.
             return;
         };
+        if routes.len() == 1 {
+            let i = routes[0];
+            self.write_to(i, &message, bytes, message.max_commit_lsn, message.rows);
+            return;
+        }
+        let routes = routes.clone();
+        let parts = split_by_key(bytes, routes.len()).unwrap_or_else(|e| pgrx::error!("pgcdc worker: {e}"));
+        for (part, route) in parts.into_iter().zip(routes) {
+            if let Some((payload, max_commit_lsn, rows)) = part {
+                self.write_to(route, &message, &payload, max_commit_lsn, rows);
+            }
+        }
+    }
+
+    /// Writes one frame to one route's ring.
+    fn write_to(&mut self, i: usize, message: &Message, bytes: &[u8], max_commit_lsn: u64, rows: usize) {
         let route = &mut self.routes[i];
         if route.fingerprint != Some(message.schema.fingerprint()) {
             let mut schema = Vec::new();
@@ -100,10 +177,10 @@ impl Sink {
             route.fingerprint = Some(message.schema.fingerprint());
         }
         loop {
-            match route.writer.write(bytes, message.max_commit_lsn, Duration::from_millis(100)) {
+            match route.writer.write(bytes, max_commit_lsn, Duration::from_millis(100)) {
                 Ok(Written::Done { end_pos }) => {
                     route.unacked.push_back((end_pos, now_ms()));
-                    route.rows_written += message.rows as u64;
+                    route.rows_written += rows as u64;
                     return;
                 }
                 Ok(Written::Full) => {
