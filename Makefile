@@ -6,7 +6,7 @@ export PG_CONFIG CARGO_TARGET_DIR PGCDC_VENV
 PGCDC_PYTHON := $(PGCDC_VENV)/bin/python
 export PGCDC_PYTHON
 
-.PHONY: setup install test demo bench
+.PHONY: setup install test demo bench fuzz
 
 setup:
 	scripts/setup.sh
@@ -24,3 +24,8 @@ demo: install
 
 bench: install
 	cargo run --quiet --locked --release -p pgcdc-bench
+
+## a minute of coverage-guided fuzzing of the ring reader on corrupted rings
+fuzz:
+	cargo install cargo-fuzz --locked --quiet
+	cd reader && cargo fuzz run ring --sanitizer none -- -max_total_time=60

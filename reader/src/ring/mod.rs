@@ -164,6 +164,11 @@ impl Ring {
         self.geometry
     }
 
+    /// A copy of the ring's first `len` bytes (tools and fuzzing).
+    pub fn copy_bytes(&self, len: usize) -> Vec<u8> {
+        self.region.read(0, len.min(self.region.len()))
+    }
+
     /// The positions of the ring and its consumers.
     pub fn status(&self) -> RingStatus {
         let r = &self.region;
