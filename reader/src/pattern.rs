@@ -235,7 +235,7 @@ impl TableFilter {
 
 /// The `limit` qualified names closest to what a pattern spells, for a
 /// "did you mean" hint.
-pub fn nearest<'a>(pattern: &str, tables: &'a [(String, String)], limit: usize) -> Vec<String> {
+pub fn nearest(pattern: &str, tables: &[(String, String)], limit: usize) -> Vec<String> {
     let wanted = pattern.replace('"', "").to_lowercase();
     // Closest first; among equals, the longest shared prefix first.
     let mut scored: Vec<(usize, std::cmp::Reverse<usize>, String)> = tables

@@ -347,7 +347,9 @@ impl Decoder {
                 None => Published { actions: Actions::ALL, as_ancestor: None },
             };
             if let Some(old) = self.sources.remove(&relid) {
-                old.conversion.map(Conversion::release);
+                if let Some(old_conversion) = old.conversion {
+                    Conversion::release(old_conversion)
+                }
             }
             let (target, conversion) = match published.as_ancestor {
                 // SAFETY: the ancestor of an open partition can be opened;

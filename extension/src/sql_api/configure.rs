@@ -210,9 +210,8 @@ fn grant(role: &str, tables: &[Table]) -> Result<(), SqlError> {
 /// routes changed.
 fn record(request: &Request, publication: &str, routes: &[Route]) -> Result<bool, SqlError> {
     let before = route_list(&request.slot)?;
-    let array = |items: &[String]| {
-        format!("ARRAY[{}]::text[]", items.iter().map(|i| quote_literal(i)).collect::<Vec<_>>().join(", "))
-    };
+    let array =
+        |items: &[String]| format!("ARRAY[{}]::text[]", items.iter().map(quote_literal).collect::<Vec<_>>().join(", "));
     let role = request.grant_to.as_deref().map_or("NULL".to_owned(), quote_literal);
     let mut statements = vec![format!(
         "INSERT INTO pgcdc.streams AS s (slot_name, publication_name, patterns, exclude, route_by_table, reader_role)

@@ -130,6 +130,7 @@ fn cdc_auto_configure(
 /// oldest unacknowledged change has waited, how full the ring is, its
 /// consumers, and changes per second.
 #[pg_extern]
+#[allow(clippy::type_complexity)] // the SQL result's columns
 fn cdc_status() -> TableIterator<
     'static,
     (

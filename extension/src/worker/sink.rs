@@ -41,11 +41,15 @@ pub struct Sink {
     flushed: u64,
 }
 
+/// One partition's share of a message: an IPC stream, its highest commit
+/// LSN and its row count.
+type Part = (Vec<u8>, u64, usize);
+
 /// Splits a message into `n` by a hash of the table's replica identity
 /// columns (`pg.key`; every column when none is), keeping each key's rows
 /// in order. TRUNCATE rows go to every partition. Each part is an IPC
 /// stream with its highest commit LSN and row count, or None when empty.
-fn split_by_key(bytes: &[u8], n: usize) -> Result<Vec<Option<(Vec<u8>, u64, usize)>>, arrow_schema::ArrowError> {
+fn split_by_key(bytes: &[u8], n: usize) -> Result<Vec<Option<Part>>, arrow_schema::ArrowError> {
     let mut parts = vec![None; n];
     // A plugin message holds one record batch.
     if let Some(batch) = ipc::read_stream(bytes)?.into_iter().next() {

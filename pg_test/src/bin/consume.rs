@@ -14,7 +14,7 @@ fn main() {
     let [_, ring, output, stop] = &args[..] else { panic!("usage: consume <ring> <output> <stop file>") };
     let recorded = std::fs::read_to_string(output).unwrap_or_default();
     // The last complete line is the last row recorded.
-    let last = recorded.lines().filter(|l| l.split(' ').count() == 3).next_back().map(|l| {
+    let last = recorded.lines().rfind(|l| l.split(' ').count() == 3).map(|l| {
         let mut parts = l.split(' ').map(|p| p.parse::<u64>().expect("a number"));
         (parts.next().unwrap(), parts.next().unwrap())
     });

@@ -132,7 +132,7 @@ impl Geometry {
 
     /// Checks a geometry read from a file against the file's length.
     pub fn validate(&self, file_len: usize) -> Result<(), String> {
-        if self.capacity == 0 || self.capacity % FRAME_ALIGN != 0 {
+        if self.capacity == 0 || !self.capacity.is_multiple_of(FRAME_ALIGN) {
             return Err(format!("capacity {} is not a positive multiple of {FRAME_ALIGN}", self.capacity));
         }
         if self.readers == 0 || self.readers > MAX_READERS {

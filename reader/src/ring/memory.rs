@@ -53,7 +53,7 @@ impl Region {
     fn check(&self, offset: usize, len: usize, align: usize) {
         let end = offset.checked_add(len).expect("offset overflow");
         assert!(end <= self.len, "ring access {offset}..{end} beyond {} bytes", self.len);
-        assert!(offset % align == 0, "unaligned ring access at {offset}");
+        assert!(offset.is_multiple_of(align), "unaligned ring access at {offset}");
     }
 
     /// The 64-bit word at `offset` (8-aligned, inside the region).

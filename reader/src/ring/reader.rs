@@ -70,7 +70,7 @@ impl RingReader {
             if self.read_pos > write_pos {
                 return Err(corrupt(format!("the consumer is ahead of the producer (write position {write_pos})")));
             }
-            if self.read_pos % FRAME_ALIGN != 0 {
+            if !self.read_pos.is_multiple_of(FRAME_ALIGN) {
                 return Err(corrupt("position not on a frame boundary".into()));
             }
             let offset = self.read_pos % capacity;

@@ -128,18 +128,18 @@ impl Wide for i256 {
 impl Numeric<'_> {
     /// The unscaled value of a `Decimal128(precision, scale)`, or `None`
     /// when the value is not finite or does not fit exactly.
-    pub fn to_decimal128(&self, precision: u8, scale: i8) -> Option<i128> {
+    pub fn to_decimal128(self, precision: u8, scale: i8) -> Option<i128> {
         self.to_decimal(precision, scale)
     }
 
     /// The unscaled value of a `Decimal256(precision, scale)`, or `None`
     /// when the value is not finite or does not fit exactly.
-    pub fn to_decimal256(&self, precision: u8, scale: i8) -> Option<i256> {
+    pub fn to_decimal256(self, precision: u8, scale: i8) -> Option<i256> {
         self.to_decimal(precision, scale)
     }
 
-    fn to_decimal<W: Wide>(&self, precision: u8, scale: i8) -> Option<W> {
-        let Numeric::Finite { negative, weight, digits, .. } = *self else { return None };
+    fn to_decimal<W: Wide>(self, precision: u8, scale: i8) -> Option<W> {
+        let Numeric::Finite { negative, weight, digits, .. } = self else { return None };
         let count = digits.len() / 2;
         // Digit i is worth NBASE^(weight - i); times 10^scale, the last
         // digit's power of ten is:
@@ -169,8 +169,8 @@ impl Numeric<'_> {
     }
 
     /// The general case: accumulate every digit, then divide exactly.
-    fn to_decimal_by_division<W: Wide>(&self, precision: u8, scale: i8) -> Option<W> {
-        let Numeric::Finite { negative, weight, digits, .. } = *self else { return None };
+    fn to_decimal_by_division<W: Wide>(self, precision: u8, scale: i8) -> Option<W> {
+        let Numeric::Finite { negative, weight, digits, .. } = self else { return None };
         let count = digits.len() / 2;
         let mut acc = W::ZERO;
         for digit in digit_iter(digits) {
