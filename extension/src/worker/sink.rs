@@ -33,8 +33,9 @@ struct Route {
 /// One stream's rings.
 pub struct Sink {
     routes: Vec<Route>,
-    /// (schema, table) → index into `routes` of each key-hash partition.
-    by_table: HashMap<(String, String), Vec<usize>>,
+    /// schema → table → index into `routes` of each key-hash partition
+    /// (nested, so a message's names look up without copies).
+    by_table: HashMap<String, HashMap<String, Vec<usize>>>,
     /// End LSN of the last commit that went through the plugin.
     committed: u64,
     /// `committed` when the open batches were last written.
@@ -134,7 +135,8 @@ impl Sink {
                     sink.routes.len() - 1
                 }
             };
-            let partitions = sink.by_table.entry((spec.schema.clone(), spec.table.clone())).or_default();
+            let partitions =
+                sink.by_table.entry(spec.schema.clone()).or_default().entry(spec.table.clone()).or_default();
             let at = usize::try_from(spec.partition).unwrap_or(0);
             if partitions.len() <= at {
                 partitions.resize(at + 1, i);
@@ -149,7 +151,7 @@ impl Sink {
     pub fn write(&mut self, bytes: &[u8]) {
         let Some(message) = current_message() else { return };
         let spec = message.schema.spec();
-        let Some(routes) = self.by_table.get(&(spec.schema.clone(), spec.table.clone())) else {
+        let Some(routes) = self.by_table.get(spec.schema.as_str()).and_then(|t| t.get(spec.table.as_str())) else {
             // The publication only holds routed tables; anything else (a
             // table added behind the catalog's back) is not this stream's.
             return;
