@@ -88,15 +88,19 @@ fn main() {
         rows / 4
     );
 
-    let mut results = Vec::new();
-    for peer in PEERS {
-        let mut times = Vec::new();
-        let mut output = (0, 0);
-        for _ in 0..rounds {
+    // Rounds go round-robin over the plugins, so that a slow moment of the
+    // machine costs every plugin alike instead of one plugin's whole series.
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); PEERS.len()];
+    let mut outputs = vec![(0, 0); PEERS.len()];
+    for _ in 0..rounds {
+        for (i, peer) in PEERS.iter().enumerate() {
             let (elapsed, messages, bytes) = decode(&mut client, peer);
-            times.push(elapsed);
-            output = (messages, bytes);
+            times[i].push(elapsed);
+            outputs[i] = (messages, bytes);
         }
+    }
+    let mut results = Vec::new();
+    for ((peer, mut times), output) in PEERS.iter().zip(times).zip(outputs) {
         times.sort();
         let median = times[times.len() / 2];
         println!("  {:<28} median {:>8.1} ms over {rounds} rounds", peer.name, median.as_secs_f64() * 1e3);
