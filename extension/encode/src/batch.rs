@@ -1,7 +1,7 @@
 //! The change batch of DESIGN §1: contract columns, the table's columns,
 //! the old row image, and the TOAST and unmapped-value side columns.
 
-use crate::column::{Column, PushError, Value};
+use crate::column::{Column, PushError, Stored};
 use crate::pgformat::datetime;
 use crate::types::Kind;
 use arrow_array::builder::{ListBuilder, MapBuilder, StringBuilder};
@@ -181,6 +181,8 @@ pub struct ChangeBatchBuilder {
     bytes: usize,
     /// Fixed width of each table column.
     widths: Vec<usize>,
+    /// Whether a table column's values add their bytes (strings, binary).
+    variable: Vec<bool>,
     /// The highest `_commit_lsn` of the rows so far.
     max_commit_lsn: u64,
 }
@@ -217,6 +219,7 @@ impl ChangeBatchBuilder {
             pending_nulls: 0,
         });
         let widths = schema.spec.columns.iter().map(|c| c.kind.width()).collect();
+        let variable = schema.spec.columns.iter().map(|c| c.kind.has_variable_width()).collect();
         ChangeBatchBuilder {
             columns: columns(),
             before,
@@ -232,6 +235,7 @@ impl ChangeBatchBuilder {
             unmapped_nulls: 0,
             bytes: 0,
             widths,
+            variable,
             max_commit_lsn: 0,
         }
     }
@@ -339,8 +343,9 @@ impl Row<'_> {
 
     /// Appends a scalar value; a refused value becomes a null (the caller
     /// then records its text with [`Row::unmapped`]).
-    pub fn value(&mut self, image: Image, index: usize, value: Value<'_>) -> Result<(), PushError> {
-        self.batch.bytes += self.batch.widths.get(index).copied().unwrap_or(0) + value.variable_len();
+    pub fn value(&mut self, image: Image, index: usize, value: Stored<'_>) -> Result<(), PushError> {
+        let variable = if self.batch.variable.get(index) == Some(&true) { value.byte_len() } else { 0 };
+        self.batch.bytes += self.batch.widths.get(index).copied().unwrap_or(0) + variable;
         match self.column(image, index) {
             Some(Column::Scalar(c)) => c.push(value),
             Some(column @ Column::List(_)) => {
@@ -352,10 +357,11 @@ impl Row<'_> {
     }
 
     /// Appends a one-dimensional array value.
-    pub fn list(&mut self, image: Image, index: usize, elements: &[Option<Value<'_>>]) -> Result<(), PushError> {
+    pub fn list(&mut self, image: Image, index: usize, elements: &[Option<Stored<'_>>]) -> Result<(), PushError> {
         let element_width = self.batch.schema.spec.columns.get(index).map_or(0, |c| c.kind.scalar().width());
-        self.batch.bytes +=
-            4 + elements.iter().map(|e| element_width + e.as_ref().map_or(0, Value::variable_len)).sum::<usize>();
+        let variable = self.batch.variable.get(index) == Some(&true);
+        let element_bytes = |e: &Option<Stored<'_>>| element_width + e.filter(|_| variable).map_or(0, |e| e.byte_len());
+        self.batch.bytes += 4 + elements.iter().map(element_bytes).sum::<usize>();
         match self.column(image, index) {
             Some(Column::List(c)) => c.push(elements),
             Some(column @ Column::Scalar(_)) => {
@@ -465,23 +471,23 @@ mod tests {
         let nan = 0xC000u16.to_le_bytes();
 
         let mut row = b.row(meta(Op::Insert, 10));
-        row.value(Image::New, 0, Value::Int32(1)).unwrap();
-        row.value(Image::New, 1, Value::Numeric(&amount)).unwrap();
-        row.value(Image::New, 2, Value::Text("héllo".as_bytes())).unwrap();
-        row.list(Image::New, 3, &[Some(Value::Int32(5)), None]).unwrap();
+        row.value(Image::New, 0, Stored::Word(1)).unwrap();
+        row.value(Image::New, 1, Stored::Bytes(&amount)).unwrap();
+        row.value(Image::New, 2, Stored::Bytes("héllo".as_bytes())).unwrap();
+        row.list(Image::New, 3, &[Some(Stored::Word(5)), None]).unwrap();
         row.finish();
 
         let mut row = b.row(meta(Op::Update, 20));
-        row.value(Image::New, 0, Value::Int32(1)).unwrap();
+        row.value(Image::New, 0, Stored::Word(1)).unwrap();
         assert_eq!(
-            row.value(Image::New, 1, Value::Numeric(&nan)),
+            row.value(Image::New, 1, Stored::Bytes(&nan)),
             Err(PushError::Unrepresentable(Scalar::Decimal128 { precision: 12, scale: 2 }))
         );
         row.unmapped(Image::New, 1, "NaN".into());
         row.unchanged(Image::New, 2);
         row.list(Image::New, 3, &[]).unwrap();
-        row.value(Image::Old, 0, Value::Int32(1)).unwrap();
-        row.value(Image::Old, 1, Value::Numeric(&amount)).unwrap();
+        row.value(Image::Old, 0, Stored::Word(1)).unwrap();
+        row.value(Image::Old, 1, Stored::Bytes(&amount)).unwrap();
         row.null(Image::Old, 2);
         row.null(Image::Old, 3);
         row.finish();
@@ -561,7 +567,7 @@ mod tests {
         let mut b = ChangeBatchBuilder::new(Arc::new(without));
         let mut row = b.row(meta(Op::Truncate, 5));
         (0..4).for_each(|i| row.null(Image::New, i));
-        row.value(Image::Old, 0, Value::Int32(3)).unwrap(); // ignored: no _before
+        row.value(Image::Old, 0, Stored::Word(3)).unwrap(); // ignored: no _before
         row.finish();
         let batch = b.finish().unwrap();
         assert_eq!(batch.num_columns(), 7 + 4 + 2);
@@ -575,16 +581,16 @@ mod tests {
         for (i, op) in [Op::Insert, Op::Insert, Op::Update, Op::Insert, Op::Update, Op::Insert].into_iter().enumerate()
         {
             let mut row = b.row(meta(op, i as u64));
-            row.value(Image::New, 0, Value::Int32(i as i32)).unwrap();
-            row.value(Image::New, 1, Value::Numeric(&amount)).unwrap();
+            row.value(Image::New, 0, Stored::Word(i as i32 as u64)).unwrap();
+            row.value(Image::New, 1, Stored::Bytes(&amount)).unwrap();
             if i == 2 {
                 row.unchanged(Image::New, 2);
             } else {
-                row.value(Image::New, 2, Value::Text(b"t")).unwrap();
+                row.value(Image::New, 2, Stored::Bytes(b"t")).unwrap();
             }
             row.null(Image::New, 3);
             if op == Op::Update {
-                row.value(Image::Old, 0, Value::Int32(-1)).unwrap();
+                row.value(Image::Old, 0, Stored::Word(-1i32 as u64)).unwrap();
                 (1..4).for_each(|c| row.null(Image::Old, c));
             }
             if i == 4 {
@@ -622,12 +628,12 @@ mod tests {
         let one = long_form(false, 0, 0, &[1]);
         let nan = 0xC000u16.to_le_bytes();
         let mut row = b.row(meta(Op::Insert, 1));
-        row.value(Image::New, 0, Value::Int32(1)).unwrap();
-        assert!(row.list(Image::New, 1, &[Some(Value::Numeric(&one)), Some(Value::Numeric(&nan))]).is_err());
+        row.value(Image::New, 0, Stored::Word(1)).unwrap();
+        assert!(row.list(Image::New, 1, &[Some(Stored::Bytes(&one)), Some(Stored::Bytes(&nan))]).is_err());
         row.finish();
         let mut row = b.row(meta(Op::Insert, 2));
-        row.value(Image::New, 0, Value::Int32(2)).unwrap();
-        row.list(Image::New, 1, &[Some(Value::Numeric(&one))]).unwrap();
+        row.value(Image::New, 0, Stored::Word(2)).unwrap();
+        row.list(Image::New, 1, &[Some(Stored::Bytes(&one))]).unwrap();
         row.finish();
         let batch = b.finish().unwrap();
         let prices = batch.column(8).as_list::<i32>();

@@ -1,13 +1,15 @@
 //! Column builders: PostgreSQL values in, Arrow arrays out.
 //!
-//! A value is first converted (the step that can refuse it: a numeric NaN
-//! in a decimal column, a timestamp beyond Arrow's range, bytes that are not
-//! UTF-8), then appended. A refused value appends a null and returns an
-//! error, so the caller can record its text in `_unmapped`; an array is
-//! converted completely before any element is appended, so a refused
-//! element never leaves a half-written list behind.
+//! A value comes in as PostgreSQL stores it ([`Stored`]: a by-value word or
+//! a by-reference value's bytes) and is converted (the step that can refuse
+//! it: a numeric NaN in a decimal column, a timestamp beyond Arrow's range,
+//! bytes that are not UTF-8), then appended; both steps are one inlined
+//! match per value. A refused value appends a null and returns an error,
+//! so the caller can record its text in `_unmapped`; an array is converted
+//! completely before any element is appended, so a refused element never
+//! leaves a half-written list behind.
 
-use crate::pgformat::{datetime, numeric, varlena, FormatError};
+use crate::pgformat::{datetime, numeric, FormatError};
 use crate::types::{Kind, Scalar};
 use arrow_array::builder::{
     BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, Decimal256Builder, FixedSizeBinaryBuilder,
@@ -19,87 +21,26 @@ use arrow_buffer::{i256, IntervalMonthDayNano, NullBufferBuilder, OffsetBuffer, 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-/// One PostgreSQL value, as the extension reads it out of a datum.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Value<'a> {
-    Bool(bool),
-    Int16(i16),
-    Int32(i32),
-    Int64(i64),
-    Oid(u32),
-    Float32(f32),
-    Float64(f64),
-    /// A numeric varlena's payload.
-    Numeric(&'a [u8]),
-    /// Text in the server encoding (UTF-8 for a faithful value).
-    Text(&'a [u8]),
+/// One non-null PostgreSQL value, as the extension finds it in a datum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored<'a> {
+    /// A by-value datum (bool, integers, oid, floats, date, time,
+    /// timestamps), read as PostgreSQL's `DatumGet*` macros read it.
+    Word(u64),
+    /// A by-reference value's bytes: a varlena's payload, header stripped
+    /// (text, bytea, numeric, json), the `typlen` bytes of a fixed-length
+    /// type (uuid, interval, name), or the text a type's output function
+    /// returned (jsonb, enums, unmapped types).
     Bytes(&'a [u8]),
-    /// Days since 2000-01-01.
-    Date(i32),
-    /// Microseconds since midnight.
-    Time(i64),
-    /// Microseconds since 2000-01-01 (UTC for timestamptz).
-    Timestamp(i64),
-    Interval {
-        micros: i64,
-        days: i32,
-        months: i32,
-    },
-    /// 16 bytes.
-    Uuid(&'a [u8]),
 }
 
-impl<'a> Value<'a> {
-    /// Reads a value of `scalar` from its storage bytes: `typlen` bytes for
-    /// fixed-size types (a by-value datum's little-endian bytes, or the
-    /// memory it points to), or a whole plain varlena, header included.
-    ///
-    /// Types read through their output function (jsonb, enums, anything
-    /// unmapped) cannot be read this way.
-    pub fn from_storage(scalar: Scalar, bytes: &'a [u8]) -> Result<Value<'a>, FormatError> {
-        fn fixed<const N: usize>(bytes: &[u8]) -> Result<[u8; N], FormatError> {
-            bytes.get(..N).and_then(|b| b.try_into().ok()).ok_or_else(|| {
-                FormatError::new("fixed-size value", format!("{N} bytes needed, {} present", bytes.len()))
-            })
-        }
-        Ok(match scalar {
-            Scalar::Bool => Value::Bool(fixed::<1>(bytes)?[0] != 0),
-            Scalar::Int16 => Value::Int16(i16::from_le_bytes(fixed(bytes)?)),
-            Scalar::Int32 => Value::Int32(i32::from_le_bytes(fixed(bytes)?)),
-            Scalar::Int64 => Value::Int64(i64::from_le_bytes(fixed(bytes)?)),
-            Scalar::Oid => Value::Oid(u32::from_le_bytes(fixed(bytes)?)),
-            Scalar::Float32 => Value::Float32(f32::from_le_bytes(fixed(bytes)?)),
-            Scalar::Float64 => Value::Float64(f64::from_le_bytes(fixed(bytes)?)),
-            Scalar::Decimal128 { .. } | Scalar::Decimal256 { .. } | Scalar::NumericText => {
-                Value::Numeric(varlena::payload(bytes)?)
-            }
-            Scalar::Text | Scalar::Json => Value::Text(varlena::payload(bytes)?),
-            Scalar::Bytea => Value::Bytes(varlena::payload(bytes)?),
-            Scalar::Name => {
-                let name = bytes.get(..64).unwrap_or(bytes);
-                Value::Text(&name[..name.iter().position(|b| *b == 0).unwrap_or(name.len())])
-            }
-            Scalar::Date => Value::Date(i32::from_le_bytes(fixed(bytes)?)),
-            Scalar::Time => Value::Time(i64::from_le_bytes(fixed(bytes)?)),
-            Scalar::Timestamp | Scalar::TimestampTz => Value::Timestamp(i64::from_le_bytes(fixed(bytes)?)),
-            Scalar::Interval => {
-                let (micros, days, months) = datetime::interval_fields(bytes)?;
-                Value::Interval { micros, days, months }
-            }
-            Scalar::Uuid => Value::Uuid(bytes.get(..16).ok_or_else(|| FormatError::new("uuid", "16 bytes needed"))?),
-            Scalar::Jsonb | Scalar::Enum | Scalar::Other => {
-                return Err(FormatError::new("value", format!("{scalar:?} is read through its output function")))
-            }
-        })
-    }
-
-    /// The variable-length bytes of the value (a string's or binary's; a
-    /// numeric's payload stands in for its text), for the byte bound on
-    /// messages.
-    pub fn variable_len(&self) -> usize {
+impl Stored<'_> {
+    /// The bytes of a by-reference value (a numeric's payload stands in
+    /// for its text), for the byte bound on messages.
+    pub fn byte_len(&self) -> usize {
         match self {
-            Value::Numeric(b) | Value::Text(b) | Value::Bytes(b) => b.len(),
-            _ => 0,
+            Stored::Word(_) => 0,
+            Stored::Bytes(b) => b.len(),
         }
     }
 }
@@ -197,8 +138,9 @@ impl ScalarColumn {
     }
 
     /// Appends a value, or a null and the reason it was refused.
-    pub fn push(&mut self, value: Value<'_>) -> Result<(), PushError> {
-        match self.convert(value) {
+    #[inline]
+    pub fn push(&mut self, stored: Stored<'_>) -> Result<(), PushError> {
+        match self.cell(stored) {
             Ok(cell) => {
                 self.append(cell);
                 Ok(())
@@ -257,46 +199,58 @@ impl ScalarColumn {
         }
     }
 
-    fn convert<'a>(&self, value: Value<'a>) -> Result<Cell<'a>, PushError> {
+    /// Converts a value for this column: one match on the column's type.
+    #[inline(always)]
+    fn cell<'a>(&self, stored: Stored<'a>) -> Result<Cell<'a>, PushError> {
         let refused = || PushError::Unrepresentable(self.scalar);
-        let cell = match (self.scalar, value) {
-            (Scalar::Bool, Value::Bool(v)) => Cell::Bool(v),
-            (Scalar::Int16, Value::Int16(v)) => Cell::I16(v),
-            (Scalar::Int32, Value::Int32(v)) => Cell::I32(v),
-            (Scalar::Int64, Value::Int64(v)) => Cell::I64(v),
-            (Scalar::Oid, Value::Oid(v)) => Cell::U32(v),
-            (Scalar::Float32, Value::Float32(v)) => Cell::F32(v),
-            (Scalar::Float64, Value::Float64(v)) => Cell::F64(v),
-            (Scalar::Decimal128 { precision, scale }, Value::Numeric(b)) => {
+        let cell = match (self.scalar, stored) {
+            (Scalar::Bool, Stored::Word(w)) => Cell::Bool(w != 0),
+            (Scalar::Int16, Stored::Word(w)) => Cell::I16(w as i16),
+            (Scalar::Int32, Stored::Word(w)) => Cell::I32(w as i32),
+            (Scalar::Int64, Stored::Word(w)) => Cell::I64(w as i64),
+            (Scalar::Oid, Stored::Word(w)) => Cell::U32(w as u32),
+            (Scalar::Float32, Stored::Word(w)) => Cell::F32(f32::from_bits(w as u32)),
+            (Scalar::Float64, Stored::Word(w)) => Cell::F64(f64::from_bits(w)),
+            (Scalar::Date, Stored::Word(w)) => Cell::I32(datetime::date(w as i32).ok_or_else(refused)?),
+            (Scalar::Time, Stored::Word(w)) => Cell::I64(datetime::time(w as i64).ok_or_else(refused)?),
+            (Scalar::Timestamp | Scalar::TimestampTz, Stored::Word(w)) => {
+                Cell::I64(datetime::timestamp(w as i64).ok_or_else(refused)?)
+            }
+            (Scalar::Decimal128 { precision, scale }, Stored::Bytes(b)) => {
                 Cell::D128(numeric::parse(b)?.to_decimal128(precision, scale).ok_or_else(refused)?)
             }
-            (Scalar::Decimal256 { precision, scale }, Value::Numeric(b)) => {
+            (Scalar::Decimal256 { precision, scale }, Stored::Bytes(b)) => {
                 Cell::D256(numeric::parse(b)?.to_decimal256(precision, scale).ok_or_else(refused)?)
             }
-            (Scalar::NumericText, Value::Numeric(b)) => {
+            (Scalar::NumericText, Stored::Bytes(b)) => {
                 let mut text = String::new();
                 numeric::parse(b)?.write_text(&mut text);
                 Cell::Str(Cow::Owned(text))
             }
-            (
-                Scalar::Text | Scalar::Name | Scalar::Json | Scalar::Jsonb | Scalar::Enum | Scalar::Other,
-                Value::Text(b),
-            ) => Cell::Str(Cow::Borrowed(std::str::from_utf8(b).map_err(|_| refused())?)),
-            (Scalar::Bytea, Value::Bytes(b)) => Cell::Bin(b),
-            (Scalar::Date, Value::Date(d)) => Cell::I32(datetime::date(d).ok_or_else(refused)?),
-            (Scalar::Time, Value::Time(t)) => Cell::I64(datetime::time(t).ok_or_else(refused)?),
-            (Scalar::Timestamp | Scalar::TimestampTz, Value::Timestamp(t)) => {
-                Cell::I64(datetime::timestamp(t).ok_or_else(refused)?)
+            // `name` is a fixed 64-byte, NUL-padded C string.
+            (Scalar::Name, Stored::Bytes(b)) => {
+                let name = &b[..b.iter().position(|c| *c == 0).unwrap_or(b.len())];
+                Cell::Str(Cow::Borrowed(std::str::from_utf8(name).map_err(|_| refused())?))
             }
-            (Scalar::Interval, Value::Interval { micros, days, months }) => {
+            (Scalar::Text | Scalar::Json | Scalar::Jsonb | Scalar::Enum | Scalar::Other, Stored::Bytes(b)) => {
+                Cell::Str(Cow::Borrowed(std::str::from_utf8(b).map_err(|_| refused())?))
+            }
+            (Scalar::Bytea, Stored::Bytes(b)) => Cell::Bin(b),
+            (Scalar::Interval, Stored::Bytes(b)) => {
+                let (micros, days, months) = datetime::interval_fields(b)?;
                 Cell::Interval(datetime::interval(micros, days, months).ok_or_else(refused)?)
             }
-            (Scalar::Uuid, Value::Uuid(b)) if b.len() == 16 => Cell::Bin(b),
-            (expected, got) => return Err(PushError::WrongValue { expected, got: variant_name(&got) }),
+            (Scalar::Uuid, Stored::Bytes(b)) if b.len() == 16 => Cell::Bin(b),
+            (Scalar::Uuid, Stored::Bytes(b)) => {
+                return Err(FormatError::new("uuid", format!("16 bytes needed, {} present", b.len())).into())
+            }
+            (expected, Stored::Word(_)) => return Err(PushError::WrongValue { expected, got: "by-value word" }),
+            (expected, Stored::Bytes(_)) => return Err(PushError::WrongValue { expected, got: "by-reference bytes" }),
         };
         Ok(cell)
     }
 
+    #[inline(always)]
     fn append(&mut self, cell: Cell<'_>) {
         let appended = match (&mut self.store, cell) {
             (Store::Bool(b), Cell::Bool(v)) => {
@@ -371,26 +325,6 @@ impl ScalarColumn {
     }
 }
 
-fn variant_name(value: &Value<'_>) -> &'static str {
-    match value {
-        Value::Bool(_) => "bool",
-        Value::Int16(_) => "int2",
-        Value::Int32(_) => "int4",
-        Value::Int64(_) => "int8",
-        Value::Oid(_) => "oid",
-        Value::Float32(_) => "float4",
-        Value::Float64(_) => "float8",
-        Value::Numeric(_) => "numeric",
-        Value::Text(_) => "text",
-        Value::Bytes(_) => "bytea",
-        Value::Date(_) => "date",
-        Value::Time(_) => "time",
-        Value::Timestamp(_) => "timestamp",
-        Value::Interval { .. } => "interval",
-        Value::Uuid(_) => "uuid",
-    }
-}
-
 /// Builds a `List<scalar>` column.
 pub struct ListColumn {
     element: Scalar,
@@ -410,9 +344,9 @@ impl ListColumn {
     }
 
     /// Appends a list, or a null and the reason one element was refused.
-    pub fn push(&mut self, elements: &[Option<Value<'_>>]) -> Result<(), PushError> {
+    pub fn push(&mut self, elements: &[Option<Stored<'_>>]) -> Result<(), PushError> {
         let cells: Result<Vec<Option<Cell<'_>>>, PushError> =
-            elements.iter().map(|e| e.map(|v| self.values.convert(v)).transpose()).collect();
+            elements.iter().map(|e| e.map(|v| self.values.cell(v)).transpose()).collect();
         let cells = match cells {
             Ok(cells) => cells,
             Err(e) => {
@@ -517,5 +451,96 @@ impl Column {
             Column::Scalar(c) => c.finish(),
             Column::List(c) => c.finish(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{
+        Date32Type, Float32Type, Float64Type, Int16Type, Int64Type, Time64MicrosecondType, TimestampMicrosecondType,
+    };
+    use arrow_array::Array;
+
+    fn words(scalar: Scalar, words: &[u64]) -> (ArrayRef, Vec<Result<(), PushError>>) {
+        let mut column = ScalarColumn::new(scalar);
+        let results = words.iter().map(|w| column.push(Stored::Word(*w))).collect();
+        (column.finish(), results)
+    }
+
+    #[test]
+    fn words_are_read_as_datum_get_reads_them() {
+        let (a, _) = words(Scalar::Bool, &[1, 0, 0x100]);
+        let a = a.as_boolean();
+        assert_eq!((a.value(0), a.value(1), a.value(2)), (true, false, true), "DatumGetBool: any nonzero word");
+        let (a, _) = words(Scalar::Int16, &[(-2i64) as u64]);
+        assert_eq!(a.as_primitive::<Int16Type>().value(0), -2);
+        let (a, _) = words(Scalar::Int64, &[i64::MIN as u64]);
+        assert_eq!(a.as_primitive::<Int64Type>().value(0), i64::MIN);
+        let (a, _) = words(Scalar::Oid, &[4_000_000_000]);
+        assert_eq!(a.as_primitive::<arrow_array::types::UInt32Type>().value(0), 4_000_000_000);
+        let (a, _) = words(Scalar::Float32, &[u64::from(1.5f32.to_bits())]);
+        assert_eq!(a.as_primitive::<Float32Type>().value(0), 1.5);
+        let (a, _) = words(Scalar::Float64, &[(-0.25f64).to_bits()]);
+        assert_eq!(a.as_primitive::<Float64Type>().value(0), -0.25);
+    }
+
+    #[test]
+    fn date_and_time_words_are_shifted_or_refused() {
+        let (a, results) = words(Scalar::Date, &[0, i32::MAX as u32 as u64, (-1i32) as u32 as u64]);
+        let a = a.as_primitive::<Date32Type>();
+        assert_eq!((a.value(0), a.value(1), a.value(2)), (10_957, i32::MAX, 10_956));
+        assert!(results.iter().all(Result::is_ok));
+
+        let day = 86_400_000_000u64;
+        let (a, results) = words(Scalar::Time, &[day - 1, day]);
+        assert_eq!(a.as_primitive::<Time64MicrosecondType>().value(0), day as i64 - 1);
+        assert!(a.is_null(1), "24:00:00 has no Time64 form");
+        assert_eq!(results[1], Err(PushError::Unrepresentable(Scalar::Time)));
+
+        let (a, results) = words(Scalar::TimestampTz, &[0, i64::MIN as u64, (i64::MAX - 1) as u64]);
+        let a = a.as_primitive::<TimestampMicrosecondType>();
+        assert_eq!((a.value(0), a.value(1)), (datetime::EPOCH_SHIFT_MICROS, -i64::MAX));
+        assert!(a.is_null(2));
+        assert_eq!(results[2], Err(PushError::Unrepresentable(Scalar::TimestampTz)));
+        assert_eq!(a.len(), 3);
+    }
+
+    #[test]
+    fn a_word_for_a_by_reference_type_is_a_null_and_an_error() {
+        let (a, results) = words(Scalar::Text, &[7]);
+        assert!(a.is_null(0));
+        assert!(matches!(results[0], Err(PushError::WrongValue { expected: Scalar::Text, .. })));
+    }
+
+    #[test]
+    fn bytes_are_read_by_the_column_type() {
+        let mut name = [0u8; 64];
+        name[..5].copy_from_slice(b"users");
+        let mut names = ScalarColumn::new(Scalar::Name);
+        names.push(Stored::Bytes(&name)).unwrap();
+        assert_eq!(names.finish().as_string::<i32>().value(0), "users", "NUL padding is cut");
+
+        let mut texts = ScalarColumn::new(Scalar::Text);
+        texts.push(Stored::Bytes("ünï".as_bytes())).unwrap();
+        assert_eq!(texts.push(Stored::Bytes(&[0xff, 0xfe])), Err(PushError::Unrepresentable(Scalar::Text)));
+        let texts = texts.finish();
+        assert_eq!((texts.as_string::<i32>().value(0), texts.is_null(1)), ("ünï", true));
+
+        let mut interval = Vec::new();
+        interval.extend_from_slice(&90_000_000i64.to_le_bytes());
+        interval.extend_from_slice(&3i32.to_le_bytes());
+        interval.extend_from_slice(&14i32.to_le_bytes());
+        let mut intervals = ScalarColumn::new(Scalar::Interval);
+        intervals.push(Stored::Bytes(&interval)).unwrap();
+        let value = intervals.finish().as_primitive::<arrow_array::types::IntervalMonthDayNanoType>().value(0);
+        assert_eq!(value, IntervalMonthDayNano::new(14, 3, 90_000_000_000));
+
+        let mut uuids = ScalarColumn::new(Scalar::Uuid);
+        uuids.push(Stored::Bytes(&[7; 16])).unwrap();
+        assert!(matches!(uuids.push(Stored::Bytes(&[7; 15])), Err(PushError::Malformed(_))));
+        let uuids = uuids.finish();
+        assert_eq!((uuids.as_fixed_size_binary().value(0), uuids.is_null(1)), (&[7u8; 16][..], true));
     }
 }

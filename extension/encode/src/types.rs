@@ -149,6 +149,12 @@ impl Kind {
         }
     }
 
+    /// Whether a value (or an element) adds its own bytes to the batch:
+    /// strings and binary values.
+    pub fn has_variable_width(&self) -> bool {
+        matches!(self.scalar().data_type(), DataType::Utf8 | DataType::Binary)
+    }
+
     /// A short name of the Arrow type, e.g. `Decimal128(12, 2)`,
     /// `List<Int32>`, `Utf8 (arrow.json)`.
     pub fn arrow_name(&self) -> String {

@@ -1,4 +1,4 @@
-//! Reading datums of a decoded tuple into [`Value`]s.
+//! Reading datums of a decoded tuple as [`Stored`] values.
 //!
 //! By-value datums are read from their bits, fixed-size by-reference ones
 //! from the memory they point to, varlenas in place when they are plain and
@@ -8,7 +8,7 @@
 //! fetched.
 
 use super::catalog::{ColumnPlan, ElementPlan};
-use pgcdc_encode::column::Value;
+use pgcdc_encode::column::Stored;
 use pgcdc_encode::pgformat::array::Array;
 use pgcdc_encode::pgformat::varlena::{self, Head, Long, TAG_ONDISK};
 use pgcdc_encode::types::{Kind, Scalar};
@@ -17,12 +17,12 @@ use std::ffi::CStr;
 
 /// What a column's datum turned out to be.
 pub enum Read<'a> {
-    Value(Value<'a>),
-    List(Vec<Option<Value<'a>>>),
+    Value(Stored<'a>),
+    List(Vec<Option<Stored<'a>>>),
     /// A TOASTed value WAL did not carry.
     Unchanged,
-    /// A value whose column type cannot hold it (a multi-dimensional array,
-    /// malformed bytes): its text goes to `_unmapped`.
+    /// An array a `List` cannot carry (several dimensions, a lower bound
+    /// other than 1, malformed bytes): its text goes to `_unmapped`.
     Refused,
 }
 
@@ -39,17 +39,21 @@ pub unsafe fn read<'a>(plan: &ColumnPlan, datum: pg_sys::Datum) -> Read<'a> {
                 if plan.typlen == -1 && is_ondisk_toast(datum) {
                     Read::Unchanged
                 } else {
-                    Read::Value(Value::Text(output_text(plan.output, datum)))
+                    Read::Value(Stored::Bytes(output_text(plan.output, datum)))
                 }
             }
-            Kind::Scalar(scalar) => match scalar_value(scalar, plan.typlen, plan.byval, datum) {
-                Some(Ok(value)) => Read::Value(value),
-                Some(Err(())) => Read::Refused,
-                None => Read::Unchanged,
-            },
+            Kind::Scalar(_) if plan.byval => Read::Value(Stored::Word(datum.value() as u64)),
+            Kind::Scalar(_) => {
+                let bytes = match usize::try_from(plan.typlen) {
+                    // SAFETY: a fixed-size by-reference datum points to typlen bytes.
+                    Ok(len) => Some(std::slice::from_raw_parts(datum.cast_mut_ptr::<u8>(), len)),
+                    Err(_) => varlena_payload(datum),
+                };
+                bytes.map_or(Read::Unchanged, |bytes| Read::Value(Stored::Bytes(bytes)))
+            }
             Kind::List(scalar) => {
-                let Some(bytes) = varlena_bytes(datum) else { return Read::Unchanged };
-                match plan.element.as_ref().and_then(|element| list_values(scalar, element, bytes)) {
+                let Some(payload) = varlena_payload(datum) else { return Read::Unchanged };
+                match plan.element.as_ref().and_then(|element| list_values(scalar, element, payload)) {
                     Some(values) => Read::List(values),
                     None => Read::Refused,
                 }
@@ -72,9 +76,9 @@ pub unsafe fn text(plan: &ColumnPlan, datum: pg_sys::Datum) -> String {
 /// array has another shape or an element cannot be read.
 ///
 /// # Safety
-/// `bytes` must be an array of the element type `element` describes.
-unsafe fn list_values<'a>(scalar: Scalar, element: &ElementPlan, bytes: &'a [u8]) -> Option<Vec<Option<Value<'a>>>> {
-    let array = Array::parse(varlena::payload(bytes).ok()?).ok()?;
+/// `payload` must be an array of the element type `element` describes.
+unsafe fn list_values<'a>(scalar: Scalar, element: &ElementPlan, payload: &'a [u8]) -> Option<Vec<Option<Stored<'a>>>> {
+    let array = Array::parse(payload).ok()?;
     if !array.is_plain_list() {
         return None;
     }
@@ -89,91 +93,55 @@ unsafe fn list_values<'a>(scalar: Scalar, element: &ElementPlan, bytes: &'a [u8]
         .collect()
 }
 
-/// One array element.
+/// One array element: `typlen` bytes, or a whole varlena with its header.
 ///
 /// # Safety
 /// `bytes` must be one stored element of the type `element` describes.
-unsafe fn element_value<'a>(scalar: Scalar, element: &ElementPlan, bytes: &'a [u8]) -> Option<Value<'a>> {
-    if scalar.needs_output_function() {
-        let datum = if element.byval {
-            let mut word = [0u8; 8];
-            word[..bytes.len().min(8)].copy_from_slice(&bytes[..bytes.len().min(8)]);
-            pg_sys::Datum::from(usize::from_le_bytes(word))
-        } else {
-            pg_sys::Datum::from(bytes.as_ptr() as usize)
-        };
-        // SAFETY: the datum is a valid element of the output function's type.
-        Some(Value::Text(unsafe { output_text(element.output, datum) }))
-    } else {
-        Value::from_storage(scalar, bytes).ok()
-    }
-}
-
-/// A scalar datum's value: `None` for an unchanged TOAST pointer,
-/// `Some(Err)` for bytes that are not what the type promises.
-///
-/// # Safety
-/// `datum` must be a valid datum of a type with this `typlen`/`byval`.
-unsafe fn scalar_value<'a>(
-    scalar: Scalar,
-    typlen: i16,
-    byval: bool,
-    datum: pg_sys::Datum,
-) -> Option<Result<Value<'a>, ()>> {
-    if byval {
-        return Some(by_value(scalar, datum.value()).ok_or(()));
-    }
-    let bytes = match usize::try_from(typlen) {
-        // SAFETY: a fixed-size by-reference datum points to typlen bytes.
-        Ok(len) => unsafe { std::slice::from_raw_parts(datum.cast_mut_ptr::<u8>(), len) },
-        // SAFETY: forwarded from the caller.
-        Err(_) => unsafe { varlena_bytes(datum) }?,
+unsafe fn element_value<'a>(scalar: Scalar, element: &ElementPlan, bytes: &'a [u8]) -> Option<Stored<'a>> {
+    let word = || {
+        let mut word = [0u8; 8];
+        word[..bytes.len().min(8)].copy_from_slice(&bytes[..bytes.len().min(8)]);
+        u64::from_le_bytes(word)
     };
-    Some(Value::from_storage(scalar, bytes).map_err(drop))
+    if scalar.needs_output_function() {
+        let datum = if element.byval { word() as usize } else { bytes.as_ptr() as usize };
+        // SAFETY: the datum is a valid element of the output function's type.
+        Some(Stored::Bytes(unsafe { output_text(element.output, pg_sys::Datum::from(datum)) }))
+    } else if element.byval {
+        Some(Stored::Word(word()))
+    } else if element.layout.len > 0 {
+        Some(Stored::Bytes(bytes))
+    } else {
+        varlena::split(bytes).ok().map(|(payload, _)| Stored::Bytes(payload))
+    }
 }
 
-/// A by-value datum, as the `DatumGet*` macros read it.
-fn by_value(scalar: Scalar, word: usize) -> Option<Value<'static>> {
-    Some(match scalar {
-        Scalar::Bool => Value::Bool(word & 0xff != 0),
-        Scalar::Int16 => Value::Int16(word as i16),
-        Scalar::Int32 => Value::Int32(word as i32),
-        Scalar::Int64 => Value::Int64(word as i64),
-        Scalar::Oid => Value::Oid(word as u32),
-        Scalar::Float32 => Value::Float32(f32::from_bits(word as u32)),
-        Scalar::Float64 => Value::Float64(f64::from_bits(word as u64)),
-        Scalar::Date => Value::Date(word as i32),
-        Scalar::Time => Value::Time(word as i64),
-        Scalar::Timestamp | Scalar::TimestampTz => Value::Timestamp(word as i64),
-        _ => return None,
-    })
-}
-
-/// The whole varlena behind a datum, detoasted when needed; `None` when it
-/// is a pointer into the TOAST table (a value WAL did not carry).
+/// The payload of the varlena behind a datum (header stripped),
+/// detoasted when needed; `None` when it is a pointer into the TOAST table
+/// (a value WAL did not carry).
 ///
 /// # Safety
 /// `datum` must point to a varlena that lives as long as the current memory
 /// context.
-unsafe fn varlena_bytes<'a>(datum: pg_sys::Datum) -> Option<&'a [u8]> {
+unsafe fn varlena_payload<'a>(datum: pg_sys::Datum) -> Option<&'a [u8]> {
     let ptr = datum.cast_mut_ptr::<u8>();
     // SAFETY: a varlena has at least one header byte; longer headers are
     // read only when the first byte announces them, and the lengths come
     // from the header PostgreSQL wrote.
     unsafe {
         match varlena::head(*ptr) {
-            Head::Short { total_len } => Some(std::slice::from_raw_parts(ptr, total_len)),
+            Head::Short { total_len } => Some(std::slice::from_raw_parts(ptr.add(1), total_len.saturating_sub(1))),
             Head::External if *ptr.add(1) == TAG_ONDISK => None,
             Head::External => Some(detoasted(ptr)),
             Head::Long => match varlena::long(ptr.cast::<u32>().read_unaligned()) {
-                Long::Plain { total_len } => Some(std::slice::from_raw_parts(ptr, total_len)),
+                Long::Plain { total_len } => Some(std::slice::from_raw_parts(ptr.add(4), total_len.saturating_sub(4))),
                 Long::Compressed => Some(detoasted(ptr)),
             },
         }
     }
 }
 
-/// Decompresses or follows an in-memory TOAST pointer.
+/// Decompresses or follows an in-memory TOAST pointer; the payload.
 ///
 /// # Safety
 /// `ptr` must be a compressed or indirect varlena.
@@ -186,7 +154,7 @@ unsafe fn detoasted<'a>(ptr: *mut u8) -> &'a [u8] {
             Long::Plain { total_len } => total_len,
             Long::Compressed => 4,
         };
-        std::slice::from_raw_parts(plain, total)
+        std::slice::from_raw_parts(plain.add(4), total.saturating_sub(4))
     }
 }
 

@@ -169,7 +169,7 @@ mod tests {
     #[test]
     fn everything_fits_the_header_page() {
         assert!(slot_offset(MAX_READERS) <= HEADER_BYTES);
-        assert!(SLOT_NAME + NAME_MAX <= SLOT_BYTES);
+        const { assert!(SLOT_NAME + NAME_MAX <= SLOT_BYTES) };
         let g = Geometry::new(1000);
         assert_eq!(g.capacity, 1024);
         assert_eq!(g.data_offset() % 4096, 0);
