@@ -6,9 +6,11 @@ use arrow_array::RecordBatch;
 use arrow_ipc::reader::StreamReader;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{ArrowError, Schema};
+use std::io::Write;
 
-/// Appends `batch` to `out` as one complete IPC stream.
-pub fn write_stream(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), ArrowError> {
+/// Writes `batch` to `out` as one complete IPC stream. The body buffers go
+/// from the batch's arrays straight to `out`, with no copy in between.
+pub fn write_stream(batch: &RecordBatch, out: impl Write) -> Result<(), ArrowError> {
     let mut writer = StreamWriter::try_new(out, &batch.schema())?;
     writer.write(batch)?;
     writer.finish()

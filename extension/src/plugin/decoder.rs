@@ -123,8 +123,6 @@ pub struct Decoder {
     last_target: Option<pg_sys::Oid>,
     wrote: bool,
     changes_since_progress: u32,
-    /// Reused IPC encoding buffer.
-    buffer: Vec<u8>,
     /// Parent of the plans' and conversions' contexts: the decoding context.
     cache_context: pg_sys::MemoryContext,
     /// Reset after every change: detoasted copies, converted tuples and
@@ -155,7 +153,6 @@ impl Decoder {
             last_target: None,
             wrote: false,
             changes_since_progress: 0,
-            buffer: Vec::new(),
             cache_context: context,
             change_context,
         }
@@ -282,7 +279,7 @@ impl Decoder {
             if let Some(target) = self.targets.get_mut(&relid) {
                 if !target.batch.is_empty() {
                     // SAFETY: forwarded from the caller.
-                    unsafe { flush(ctx, target, &mut self.buffer) };
+                    unsafe { flush(ctx, target) };
                     self.wrote = true;
                 }
             }
@@ -313,7 +310,7 @@ impl Decoder {
         if let Some(target) = previous.and_then(|p| self.targets.get_mut(&p)) {
             if !target.batch.is_empty() {
                 // SAFETY: `ctx` is the live decoding context.
-                unsafe { flush(ctx, target, &mut self.buffer) };
+                unsafe { flush(ctx, target) };
                 self.wrote = true;
             }
         }
@@ -327,7 +324,7 @@ impl Decoder {
         let Some(target) = self.targets.get_mut(&relid) else { return };
         if target.batch.len() >= self.options.batch_rows || target.batch.approx_bytes() >= self.options.batch_bytes {
             // SAFETY: `ctx` is the live decoding context.
-            unsafe { flush(ctx, target, &mut self.buffer) };
+            unsafe { flush(ctx, target) };
             self.wrote = true;
         }
     }
@@ -393,7 +390,7 @@ impl Decoder {
                 let kept = old.batch.schema().fingerprint() == schema.fingerprint();
                 if !kept && !old.batch.is_empty() {
                     // SAFETY: `ctx` is the live decoding context.
-                    unsafe { flush(ctx, &mut old, &mut self.buffer) };
+                    unsafe { flush(ctx, &mut old) };
                     self.wrote = true;
                 }
                 old.plan.release();
@@ -486,7 +483,7 @@ unsafe fn fill(
 ///
 /// # Safety
 /// `ctx` must be the live decoding context, inside a callback that may write.
-unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, target: &mut Target, buffer: &mut Vec<u8>) {
+unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, target: &mut Target) {
     if target.batch.is_empty() {
         return;
     }
@@ -497,20 +494,45 @@ unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, target: &mut Target, b
         rows: target.batch.len(),
     };
     let batch = target.batch.finish().map_err(|source| PluginError::Encode { table: table(), source }).or_report();
-    buffer.clear();
-    ipc::write_stream(&batch, buffer).map_err(|source| PluginError::Encode { table: table(), source }).or_report();
-    // SAFETY: PrepareWrite/Write bracket one message in ctx->out; the
-    // buffer is far below PostgreSQL's 1 GB allocation limit (batch_bytes).
+    // SAFETY: PrepareWrite/Write bracket one message in ctx->out, which
+    // the encoder writes into; a message stays far below PostgreSQL's 1 GB
+    // allocation limit (batch_bytes).
     unsafe {
         pg_sys::OutputPluginPrepareWrite(ctx, true);
-        pg_sys::appendBinaryStringInfo((*ctx).out, buffer.as_ptr().cast(), buffer.len() as i32);
+        ipc::write_stream(&batch, Out((*ctx).out))
+            .map_err(|source| PluginError::Encode { table: table(), source })
+            .or_report();
         CURRENT_MESSAGE.set(Some(message));
         pg_sys::OutputPluginWrite(ctx, true);
         CURRENT_MESSAGE.set(None);
     }
-    // Keep a big buffer from a bulk load from pinning memory for good.
-    if buffer.capacity() > 64 << 20 {
-        *buffer = Vec::new();
+}
+
+/// `ctx->out` as a `Write`, so that a message is encoded in place: what
+/// `appendBinaryStringInfo` does, with PostgreSQL called only to grow it.
+struct Out(pg_sys::StringInfo);
+
+impl std::io::Write for Out {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let len = i32::try_from(bytes.len()).map_err(|_| std::io::Error::other("a message part over 2 GB"))?;
+        // SAFETY: `self.0` is the decoding context's live output buffer;
+        // enlargeStringInfo makes room for `len` more bytes and the NUL
+        // PostgreSQL keeps after the data (or raises an ERROR).
+        unsafe {
+            let out = &mut *self.0;
+            if out.maxlen - out.len <= len {
+                pg_sys::enlargeStringInfo(self.0, len);
+            }
+            let end = out.data.add(out.len as usize).cast::<u8>();
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), end, bytes.len());
+            out.len += len;
+            *end.add(bytes.len()) = 0;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -532,10 +554,13 @@ impl ContextGuard {
 impl Drop for ContextGuard {
     fn drop(&mut self) {
         // SAFETY: both contexts are still alive; nothing borrowed from the
-        // change context survives the row that was just finished.
+        // change context survives the row that was just finished. Most rows
+        // allocate nothing there: an untouched context needs no reset call.
         unsafe {
             pg_sys::MemoryContextSwitchTo(self.previous);
-            pg_sys::MemoryContextReset(self.context);
+            if !(*self.context).isReset {
+                pg_sys::MemoryContextReset(self.context);
+            }
         }
     }
 }
