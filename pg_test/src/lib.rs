@@ -10,6 +10,7 @@
 pub mod check;
 mod cluster;
 mod decode;
+pub mod e2e;
 pub mod values;
 
 pub use cluster::{bindir, has_output_plugin_libraries, Cluster, Settings};

@@ -12,11 +12,15 @@ pub mod contract;
 pub mod merge;
 pub mod partition;
 pub mod pattern;
+pub mod position;
 pub mod ring;
 pub mod status;
 #[cfg(feature = "async")]
 pub mod stream;
+#[cfg(test)]
+mod testing;
 
 pub use changes::{ChangeReader, ReadError};
 pub use merge::{merge_streams, MergedReader};
 pub use partition::HashPartitioner;
+pub use position::Position;

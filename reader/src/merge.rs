@@ -2,6 +2,7 @@
 
 use crate::changes::{ChangeReader, ReadError};
 use crate::contract;
+use crate::position::Position;
 use arrow_array::cast::AsArray;
 use arrow_array::types::UInt64Type;
 use arrow_array::RecordBatch;
@@ -11,20 +12,30 @@ use std::time::{Duration, Instant};
 /// are cut where another route's rows come in between.
 ///
 /// A route with nothing to read holds the merge back only until its ring's
-/// complete LSN (which the worker raises after writing each transaction to
-/// every ring) shows that no earlier row can still arrive there.
+/// complete position shows that no earlier row can still arrive there. The
+/// worker raises it after each transaction and, inside a transaction
+/// larger than a batch, each time it has written every row decoded so far
+/// — so a transaction larger than a ring flows through the merge too.
+///
+/// [`ack`](MergedReader::ack) acknowledges on each route only the rows this
+/// reader returned: never the head of a route it still holds.
 pub struct MergedReader {
     readers: Vec<ChangeReader>,
+    /// Each route's batch not yet (completely) returned.
     heads: Vec<Option<RecordBatch>>,
+    /// Each route's last row returned from this reader.
+    handed: Vec<Position>,
 }
 
-/// Merges readers of several routes into one ordered stream.
+/// Merges readers of several routes into one ordered stream (an empty
+/// list is a stream that never yields).
 pub fn merge_streams(readers: Vec<ChangeReader>) -> MergedReader {
     let heads = readers.iter().map(|_| None).collect();
-    MergedReader { readers, heads }
+    let handed = readers.iter().map(ChangeReader::position).collect();
+    MergedReader { readers, heads, handed }
 }
 
-fn first_key(batch: &RecordBatch, row: usize) -> (u64, u64) {
+fn key(batch: &RecordBatch, row: usize) -> (u64, u64) {
     let column = |name| batch.column_by_name(name).expect("a change batch").as_primitive::<UInt64Type>().value(row);
     (column(contract::COMMIT_LSN), column(contract::LSN))
 }
@@ -41,52 +52,72 @@ impl MergedReader {
                     *head = reader.next_batch(Duration::ZERO)?;
                 }
             }
-            if let Some(batch) = self.take_earliest() {
-                return Ok(Some(batch));
-            }
+            let blocker = match self.take_earliest() {
+                Ok(batch) => return Ok(Some(batch)),
+                Err(blocker) => blocker,
+            };
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(None);
             }
-            // Sleep on one ring briefly; a write to any ring is seen on the
-            // next pass.
-            if let Some(batch) = self.readers[0].next_batch(left.min(Duration::from_millis(10)))? {
-                self.heads[0] = Some(batch);
+            // Sleep on the route everything waits for (a write to another
+            // route is seen within 10 ms).
+            if let Some(reader) = blocker.and_then(|i| self.readers.get(i)) {
+                reader.wait(left.min(Duration::from_millis(10)));
+            } else {
+                std::thread::sleep(left.min(Duration::from_millis(10)));
             }
         }
     }
 
     /// The earliest head's rows that come before every other route's next
-    /// row, or None while a route with nothing to read might still get an
-    /// earlier one.
-    fn take_earliest(&mut self) -> Option<RecordBatch> {
-        let keys: Vec<Option<(u64, u64)>> = self.heads.iter().map(|h| h.as_ref().map(|b| first_key(b, 0))).collect();
-        let (earliest, first) =
-            keys.iter().enumerate().filter_map(|(i, k)| k.map(|k| (i, k))).min_by_key(|(_, k)| *k)?;
+    /// row; otherwise the route (with nothing to read) that might still
+    /// get an earlier one, or None when there is no head at all.
+    fn take_earliest(&mut self) -> Result<RecordBatch, Option<usize>> {
+        let keys: Vec<Option<(u64, u64)>> = self.heads.iter().map(|h| h.as_ref().map(|b| key(b, 0))).collect();
+        let Some((earliest, first)) =
+            keys.iter().enumerate().filter_map(|(i, k)| k.map(|k| (i, k))).min_by_key(|(_, k)| *k)
+        else {
+            return Err((!self.readers.is_empty()).then_some(0));
+        };
         // Rows of a route are bounded by the next row of every other route
-        // that has one, and by the complete LSN of every route that has
-        // none yet.
-        let mut bound = (u64::MAX, u64::MAX);
-        for (i, key) in keys.iter().enumerate().filter(|(i, _)| *i != earliest) {
-            bound = bound.min(match key {
-                Some(key) => *key,
-                None => (self.readers[i].complete_lsn(), u64::MAX),
-            });
+        // that has one, and by the complete position of every route that
+        // has none yet.
+        let mut bound = ((u64::MAX, u64::MAX), None);
+        for (i, k) in keys.iter().enumerate().filter(|(i, _)| *i != earliest) {
+            let candidate = match k {
+                Some(k) => (*k, None),
+                None => (self.readers[i].complete(), Some(i)),
+            };
+            if candidate.0 < bound.0 {
+                bound = candidate;
+            }
         }
-        if first > bound {
-            return None;
+        if first > bound.0 {
+            return Err(bound.1);
         }
         let batch = self.heads[earliest].take().expect("a head");
-        let cut = (0..batch.num_rows()).find(|r| first_key(&batch, *r) > bound).unwrap_or(batch.num_rows());
-        if cut < batch.num_rows() {
-            self.heads[earliest] = Some(batch.slice(cut, batch.num_rows() - cut));
+        let cut = (0..batch.num_rows()).find(|r| key(&batch, *r) > bound.0).unwrap_or(batch.num_rows());
+        let left = batch.num_rows() - cut;
+        if left > 0 {
+            self.heads[earliest] = Some(batch.slice(cut, left));
         }
-        Some(batch.slice(0, cut))
+        self.handed[earliest] = self.readers[earliest].position_before_last(left);
+        Ok(batch.slice(0, cut))
     }
 
-    /// Acknowledges `commit_lsn` on every route.
+    /// Acknowledges, on every route, the rows this reader returned whose
+    /// commit LSN is at or below `commit_lsn`.
     pub fn ack(&mut self, commit_lsn: u64) {
-        self.readers.iter_mut().for_each(|r| r.ack(commit_lsn));
+        for (reader, handed) in self.readers.iter_mut().zip(&self.handed) {
+            reader.ack_within(commit_lsn, *handed);
+        }
+    }
+
+    /// Skips, and acknowledges on every route, every row of transactions
+    /// that committed at or before `commit_lsn`: call it before reading.
+    pub fn resume_after(self, commit_lsn: u64) -> MergedReader {
+        merge_streams(self.readers.into_iter().map(|r| r.resume_after(commit_lsn)).collect())
     }
 }
 
@@ -95,5 +126,81 @@ impl Iterator for MergedReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         crate::changes::next_blocking(|timeout| self.next_batch(timeout))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{ids, reader, ring, write};
+
+    const NOW: Duration = Duration::ZERO;
+
+    #[test]
+    fn merging_no_readers_is_an_empty_stream() {
+        let mut merged = merge_streams(Vec::new());
+        assert!(merged.next_batch(Duration::from_millis(10)).unwrap().is_none());
+    }
+
+    #[test]
+    fn rows_come_in_commit_order_and_only_returned_rows_are_acknowledged() {
+        let (a, ring_a) = ring(64 * 1024);
+        let (b, ring_b) = ring(64 * 1024);
+        // Transaction 100 touches a, b, a; transaction 200 touches b.
+        write(&a, &[(100, 1, 1), (100, 3, 3)], 1, true);
+        write(&b, &[(100, 2, 2)], 1, true);
+        write(&b, &[(200, 4, 4)], 1, true);
+        for w in [&a, &b] {
+            w.complete_through(200, u64::MAX);
+        }
+        let mut merged = merge_streams(vec![reader(&ring_a), reader(&ring_b)]);
+        let first = merged.next_batch(NOW).unwrap().unwrap();
+        assert_eq!(ids(&first), [1], "cut where b's row comes in between");
+        merged.ack(100);
+        assert_eq!(ring_a.status().consumers[0].acked, Position::new(100, 1));
+        assert_eq!(ring_b.status().consumers[0].acked, Position::START, "b's row is still with the merge");
+        let mut rest = Vec::new();
+        while let Some(batch) = merged.next_batch(NOW).unwrap() {
+            rest.extend(ids(&batch));
+        }
+        assert_eq!(rest, [2, 3, 4]);
+        merged.ack(200);
+        assert_eq!(ring_b.status().consumers[0].ack_lsn, 200);
+    }
+
+    #[test]
+    fn a_held_head_is_never_lost_while_waiting() {
+        let (a, ring_a) = ring(64 * 1024);
+        let (b, ring_b) = ring(64 * 1024);
+        write(&a, &[(100, 1, 1), (100, 2, 2)], 1, true);
+        let mut merged = merge_streams(vec![reader(&ring_a), reader(&ring_b)]);
+        // b says nothing: a's rows wait, and keep waiting, for b.
+        for _ in 0..3 {
+            assert!(merged.next_batch(Duration::from_millis(20)).unwrap().is_none());
+        }
+        write(&a, &[(300, 5, 5)], 1, true);
+        b.complete_through(300, u64::MAX);
+        let mut got = Vec::new();
+        while let Some(batch) = merged.next_batch(NOW).unwrap() {
+            got.extend(ids(&batch));
+        }
+        assert_eq!(got, [1, 2, 5]);
+    }
+
+    #[test]
+    fn a_complete_position_inside_a_transaction_lets_its_first_rows_through() {
+        let (a, ring_a) = ring(64 * 1024);
+        let (b, ring_b) = ring(64 * 1024);
+        // The worker is still writing transaction 100 (larger than a ring):
+        // it wrote rows up to LSN 20 everywhere they go.
+        write(&a, &[(100, 10, 1), (100, 20, 2)], 1, false);
+        b.complete_through(100, 20);
+        let mut merged = merge_streams(vec![reader(&ring_a), reader(&ring_b)]);
+        let batch = merged.next_batch(NOW).unwrap().expect("rows up to the complete position");
+        assert_eq!(ids(&batch), [1, 2]);
+        merged.ack(100);
+        let status = ring_a.status();
+        assert_eq!(status.consumers[0].ack_pos, status.write_pos, "the ring has room again");
+        assert_eq!(status.consumers[0].ack_lsn, 0, "the transaction is not complete");
     }
 }

@@ -1,8 +1,9 @@
 //! A corrupted ring gives errors, never a crash: random damage to a real
 //! ring file (header, schema area, frames) is opened and read to the end.
 
-use pgcdc_reader::ring::layout::Geometry;
-use pgcdc_reader::ring::{file, RingReader, RingWriter};
+use pgcdc_reader::ring::layout::{Geometry, KIND_BATCH, KIND_SPILL};
+use pgcdc_reader::ring::{file, FrameMeta, Identity, RingReader, RingWriter, Written};
+use pgcdc_reader::Position;
 use std::time::Duration;
 
 struct Rng(u64);
@@ -23,14 +24,23 @@ fn random_damage_is_an_error_or_a_frame_never_a_panic() {
     let path = dir.join("r.ring");
     let geometry = Geometry::new(4096);
     {
-        let writer = RingWriter::new(file::open_or_create(&path, geometry, None).unwrap());
+        let consumers = ["default".to_string()];
+        let writer = RingWriter::new(file::open_or_create(&path, geometry, &Identity::default(), &consumers, None).unwrap());
         writer.publish_schema(b"a schema").unwrap();
         let mut reader = RingReader::attach(file::open(&path).unwrap(), "default").unwrap();
         for lsn in 1..=60u64 {
             let payload: Vec<u8> = (0..(lsn * 13 % 300) as usize).map(|i| i as u8).collect();
-            while writer.write(&payload, lsn, Duration::from_millis(1)).unwrap() == pgcdc_reader::ring::Written::Full {
+            let meta = FrameMeta { rows: 1, first: Position::new(lsn, 1), last: Position::new(lsn, 1), ends_transaction: true };
+            // Some frames are spilled to a file beside the ring.
+            let (kind, payload) = if lsn % 10 == 0 {
+                std::fs::write(dir.join("big.spill"), &payload).unwrap();
+                (KIND_SPILL, b"big.spill".to_vec())
+            } else {
+                (KIND_BATCH, payload)
+            };
+            while writer.write(kind, &payload, &meta, Duration::from_millis(1)).unwrap() == Written::Full {
                 while let Some(frame) = reader.try_next().unwrap() {
-                    reader.ack(frame.commit_lsn);
+                    reader.ack_through(frame.meta.last, lsn);
                 }
             }
         }
@@ -74,7 +84,7 @@ fn random_damage_is_an_error_or_a_frame_never_a_panic() {
             match reader.try_next() {
                 Ok(Some(frame)) => {
                     frames += 1;
-                    reader.ack(frame.commit_lsn);
+                    reader.ack_through(frame.meta.last, frame.meta.last.commit_lsn);
                 }
                 Ok(None) => break,
                 Err(_) => {

@@ -1,21 +1,62 @@
-//! Ring files: created atomically (built under a temporary name, then
-//! renamed), mapped shared, mode 0600 unless a group may read them.
+//! Ring files: where they live, created atomically (built under a
+//! temporary name, then linked), mapped shared, mode 0600 unless a group
+//! may read them; and the stream's consumer registry beside them.
+//!
+//! ```text
+//! <ring_directory>/<system identifier>/<database OID>/<slot>/
+//!     consumers          the stream's registered consumers, one per line
+//!     <relid>.ring       a table's route
+//!     <relid>-<k>.ring   partition k of a table split by key
+//!     merged.ring        the one route of a stream that merges its tables
+//!     *.spill            frames too large for their ring
+//! ```
+//! Names are numbers, so any database, table or schema name makes a safe,
+//! bounded path, and a renamed table keeps its ring. Two clusters on one
+//! host never share a directory: the system identifier tells them apart.
 
 use super::layout::Geometry;
 use super::memory::Region;
-use super::{Ring, RingError};
+use super::{Identity, Ring, RingError};
 use memmap2::MmapRaw;
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// The file of a route's ring: `<dir>/<database>/<slot>/<route>.ring`, each
-/// name percent-encoded outside `[A-Za-z0-9_.-]` (and a leading dot), so
-/// any database, slot or route name makes one safe path component.
-pub fn route_path(dir: &Path, database: &str, slot: &str, route: &str) -> PathBuf {
-    dir.join(encode(database)).join(encode(slot)).join(format!("{}.ring", encode(route)))
+/// The directory of one stream's rings.
+pub fn stream_dir(dir: &Path, system_id: u64, database: u32, slot: &str) -> PathBuf {
+    dir.join(system_id.to_string()).join(database.to_string()).join(encode(slot))
 }
 
+/// Which ring of a stream: a table's (or one of its key-hash partitions),
+/// or the stream's one merged route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RingKey {
+    Table { relation: u32, partition: u32, partitions: u32 },
+    Merged,
+}
+
+impl RingKey {
+    /// The ring's file name in its stream's directory.
+    pub fn file_name(&self) -> String {
+        match self {
+            RingKey::Table { relation, partitions: 1, .. } => format!("{relation}.ring"),
+            RingKey::Table { relation, partition, .. } => format!("{relation}-{partition}.ring"),
+            RingKey::Merged => "merged.ring".into(),
+        }
+    }
+
+    /// The relation and partition a ring header records.
+    pub fn relation_and_partition(&self) -> (u32, u32) {
+        match self {
+            RingKey::Table { relation, partition, .. } => (*relation, *partition),
+            RingKey::Merged => (0, 0),
+        }
+    }
+}
+
+/// A slot name as one path component (PostgreSQL allows only
+/// `[a-z0-9_]` in slot names; anything else is percent-encoded anyway).
 fn encode(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for (i, byte) in name.bytes().enumerate() {
@@ -61,42 +102,132 @@ fn unsafe_zeroed_group() -> libc::group {
 /// Opens an existing ring file.
 pub fn open(path: &Path) -> Result<Ring, RingError> {
     let file = OpenOptions::new().read(true).write(true).open(path).map_err(io(path))?;
-    Ring::open(Region::map(MmapRaw::map_raw(&file).map_err(io(path))?))
+    let ring = Ring::open(Region::map(MmapRaw::map_raw(&file).map_err(io(path))?))?;
+    Ok(match path.parent() {
+        Some(dir) => ring.with_dir(dir.to_owned()),
+        None => ring,
+    })
 }
 
-/// Opens the ring at `path`, creating it with `geometry` if there is none:
-/// mode 0600, or 0640 owned by group `group` when one may read it.
-pub fn open_or_create(path: &Path, geometry: Geometry, group: Option<u32>) -> Result<Ring, RingError> {
+/// Creates the directories down to `dir`: mode 0700, or 0750 when a group
+/// may read the rings.
+pub fn create_dirs(dir: &Path, group: Option<u32>) -> Result<(), RingError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true).mode(if group.is_some() { 0o750 } else { 0o700 });
+    builder.create(dir).map_err(io(dir))
+}
+
+/// Opens the ring at `path`, creating it with `geometry`, owned by
+/// `identity` and with `consumers` registered, if there is none: mode
+/// 0600, or 0660 owned by group `group` (readers write their
+/// acknowledgements).
+pub fn open_or_create(
+    path: &Path,
+    geometry: Geometry,
+    identity: &Identity,
+    consumers: &[String],
+    group: Option<u32>,
+) -> Result<Ring, RingError> {
     match open(path) {
         Err(RingError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
         other => return other,
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        create_dirs(dir, group)?;
     }
     // Unique per process and per call: concurrent creators never share it.
     static CREATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let serial = CREATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let temporary = path.with_extension(format!("new.{}.{serial}", std::process::id()));
+    let created = create_at(&temporary, geometry, identity, consumers, group);
+    // Readers only ever see a complete ring: the name appears at once, and
+    // never replaces a ring another process created meanwhile.
+    let linked = created.map(|()| std::fs::hard_link(&temporary, path));
+    let _ = std::fs::remove_file(&temporary);
+    match linked? {
+        Ok(()) => open(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open(path),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+fn create_at(
+    path: &Path,
+    geometry: Geometry,
+    identity: &Identity,
+    consumers: &[String],
+    group: Option<u32>,
+) -> Result<(), RingError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .mode(if group.is_some() { 0o640 } else { 0o600 })
-        .open(&temporary)
-        .map_err(io(&temporary))?;
+        .mode(0o600)
+        .open(path)
+        .map_err(io(path))?;
     if let Some(gid) = group {
-        std::os::unix::fs::fchown(&file, None, Some(gid)).map_err(io(&temporary))?;
+        std::os::unix::fs::fchown(&file, None, Some(gid)).map_err(io(path))?;
+        // After fchown, and not at open: the server's umask would cut it.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o660)).map_err(io(path))?;
     }
-    file.set_len(geometry.file_len() as u64).map_err(io(&temporary))?;
-    let ring = Ring::create(Region::map(MmapRaw::map_raw(&file).map_err(io(&temporary))?), geometry)?;
-    // Readers only ever see a complete ring: the name appears at once, and
-    // never replaces a ring another process created meanwhile.
-    let linked = std::fs::hard_link(&temporary, path);
-    let _ = std::fs::remove_file(&temporary);
-    match linked {
-        Ok(()) => Ok(ring),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open(path),
-        Err(e) => Err(io(path)(e)),
+    file.set_len(geometry.file_len() as u64).map_err(io(path))?;
+    Ring::create(Region::map(MmapRaw::map_raw(&file).map_err(io(path))?), geometry, identity, consumers)?;
+    Ok(())
+}
+
+/// The ring files of a stream's directory (none when it does not exist).
+pub fn rings_in(stream_dir: &Path) -> Result<Vec<PathBuf>, RingError> {
+    let entries = match std::fs::read_dir(stream_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(stream_dir)(e)),
+    };
+    let mut rings: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ring"))
+        .collect();
+    rings.sort();
+    Ok(rings)
+}
+
+/// The stream's registered consumers, in a file beside its rings, held
+/// under an exclusive lock for as long as this value lives: whoever
+/// registers a consumer (a backend running `cdc_register_consumer`) and
+/// whoever creates a ring (the worker) take it, so that a new ring gets
+/// every consumer registered before it, and a new consumer every ring
+/// created before it.
+pub struct Registry {
+    file: File,
+    path: PathBuf,
+}
+
+impl Registry {
+    /// Locks the registry of the stream in `stream_dir`, creating both
+    /// when missing.
+    pub fn lock(stream_dir: &Path, group: Option<u32>) -> Result<Registry, RingError> {
+        create_dirs(stream_dir, group)?;
+        let path = stream_dir.join("consumers");
+        let file =
+            OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(&path).map_err(io(&path))?;
+        file.lock().map_err(io(&path))?;
+        Ok(Registry { file, path })
+    }
+
+    /// The registered consumers' names.
+    pub fn names(&mut self) -> Result<Vec<String>, RingError> {
+        let mut text = String::new();
+        self.file.rewind().map_err(io(&self.path))?;
+        self.file.read_to_string(&mut text).map_err(io(&self.path))?;
+        Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
+    }
+
+    /// Replaces the list of registered consumers.
+    pub fn set(&mut self, names: &[String]) -> Result<(), RingError> {
+        let mut text = names.join("\n");
+        text.push('\n');
+        self.file.set_len(0).map_err(io(&self.path))?;
+        self.file.rewind().map_err(io(&self.path))?;
+        self.file.write_all(text.as_bytes()).map_err(io(&self.path))
     }
 }

@@ -8,11 +8,12 @@
 //!
 //! Rules:
 //! * The producer never overwrites a frame some registered consumer has not
-//!   acknowledged: a full ring pushes back on decoding.
-//! * A consumer registers by name and stays registered across restarts
-//!   until it unregisters; the `default` consumer is registered when the
-//!   ring is created, so nothing written before the first reader attaches
-//!   is lost.
+//!   acknowledged: a full ring pushes back on decoding. A consumer slot
+//!   whose positions cannot be (a corrupted or hostile ring) holds nothing
+//!   back and is reported by [`RingStatus::invalid_consumers`].
+//! * Consumers are registered explicitly ([`Ring::register`]) and stay
+//!   registered across restarts until unregistered; attaching under a name
+//!   nobody registered is an error, never a silent new consumer.
 //! * A waiting consumer sleeps on a futex; so does a producer facing a full
 //!   ring. Wake-ups are sent only when someone sleeps.
 
@@ -24,12 +25,14 @@ mod writer;
 
 pub use memory::{process_alive, Region};
 pub use reader::{Frame, RingReader};
-pub use writer::{RingWriter, Written};
+pub use writer::{FrameMeta, RingWriter, Written};
 
+use crate::position::Position;
 use layout::*;
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What can go wrong with a ring.
 #[derive(Debug, thiserror::Error)]
@@ -44,14 +47,48 @@ pub enum RingError {
     Geometry(String),
     #[error("ring is corrupt at position {pos}: {detail}")]
     Corrupt { pos: u64, detail: String },
-    #[error("a frame of {frame} bytes cannot fit a ring of {capacity} bytes; raise pgcdc.ring_size")]
+    #[error("a frame of {frame} bytes cannot fit a ring of {capacity} bytes")]
     TooLarge { frame: u64, capacity: u64 },
-    #[error("all {0} reader slots of the ring are taken; unregister an unused consumer")]
+    #[error("all {0} reader slots of the ring are taken; drop an unused consumer (cdc_drop_consumer)")]
     NoFreeSlot(u32),
     #[error("consumer name must be 1 to {NAME_MAX} bytes, got {0}")]
     BadName(usize),
+    #[error("consumer \"{0}\" is not registered on this ring; register it first (cdc_register_consumer, or the consumer setting of cdc_auto_configure)")]
+    NotRegistered(String),
+    #[error("consumer \"{name}\" is in use by process {pid}; each consumer name is read by one process at a time")]
+    InUse { name: String, pid: u32 },
     #[error("the ring's schema area holds {area} bytes; this schema needs {needed}")]
     SchemaTooLarge { needed: usize, area: usize },
+    #[error("the ring was replaced by a new one (the worker recreated it); open it again")]
+    Retired,
+}
+
+/// Whose ring this is, recorded when it is created: the worker refuses (or
+/// replaces) a ring that belongs to another cluster, timeline, database,
+/// stream or table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// The cluster's system identifier (`pg_control_system()`).
+    pub system_id: u64,
+    /// The timeline the ring's positions belong to.
+    pub timeline: u32,
+    pub database: u32,
+    /// The relation whose route this is (0 for a stream's merged route).
+    pub relation: u32,
+    pub partition: u32,
+    pub slot: String,
+    /// The route as people name it (`schema.table`); display only.
+    pub route: String,
+}
+
+/// Where a newly registered consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At the beginning of the ring: for consumers registered when the
+    /// ring is created, before any frame.
+    Beginning,
+    /// At the end, after the last transaction written so far.
+    Now,
 }
 
 /// A ring in memory: its header and data area. Clones share the memory,
@@ -60,6 +97,8 @@ pub enum RingError {
 pub struct Ring {
     region: Arc<Region>,
     geometry: Geometry,
+    /// The directory of the ring file, where spilled frames live.
+    dir: Option<PathBuf>,
 }
 
 /// A consumer as the header records it.
@@ -69,8 +108,13 @@ pub struct ConsumerStatus {
     pub pid: u32,
     pub alive: bool,
     pub ack_pos: u64,
+    /// The last transaction it acknowledged completely.
     pub ack_lsn: u64,
+    /// The last row it acknowledged.
+    pub acked: Position,
     pub read_pos: u64,
+    /// When it last read or acknowledged (ms since 1970).
+    pub heartbeat_ms: u64,
 }
 
 /// A snapshot of a ring's positions.
@@ -84,8 +128,8 @@ pub struct RingStatus {
     pub oldest_unacked_ms: u64,
     pub rows_written: u64,
     pub rows_per_second: u64,
-    /// No row of a transaction committed at or before it can still arrive.
-    pub complete_lsn: u64,
+    /// No row at or below this (`_commit_lsn`, `_lsn`) can still arrive.
+    pub complete: (u64, u64),
     pub producer_pid: u32,
     pub producer_epoch: u64,
     pub heartbeat_ms: u64,
@@ -93,14 +137,21 @@ pub struct RingStatus {
 }
 
 impl RingStatus {
-    /// Bytes written but not yet acknowledged by the slowest consumer.
-    pub fn fill(&self) -> u64 {
-        self.consumers.iter().map(|c| self.write_pos.saturating_sub(c.ack_pos)).max().unwrap_or(0)
+    /// Whether a consumer's positions are possible: not ahead of the
+    /// producer, not further behind than the ring holds, on frame
+    /// boundaries.
+    pub fn is_valid(&self, consumer: &ConsumerStatus) -> bool {
+        valid_ack(consumer.ack_pos, self.write_pos, self.capacity)
     }
 
-    /// The smallest acknowledged position of a registered consumer.
-    pub fn min_ack_pos(&self) -> u64 {
-        self.consumers.iter().map(|c| c.ack_pos).min().unwrap_or(self.write_pos)
+    /// Consumers whose positions cannot be: they hold nothing back.
+    pub fn invalid_consumers(&self) -> Vec<&ConsumerStatus> {
+        self.consumers.iter().filter(|c| !self.is_valid(c)).collect()
+    }
+
+    /// Bytes written but not yet acknowledged by the slowest consumer.
+    pub fn fill(&self) -> u64 {
+        self.consumers.iter().filter(|c| self.is_valid(c)).map(|c| self.write_pos - c.ack_pos).max().unwrap_or(0)
     }
 
     /// How long the oldest unacknowledged frame has waited, at `now_ms`.
@@ -113,24 +164,38 @@ impl RingStatus {
     }
 }
 
+fn valid_ack(ack_pos: u64, write_pos: u64, capacity: u64) -> bool {
+    ack_pos <= write_pos && write_pos - ack_pos <= capacity && ack_pos.is_multiple_of(FRAME_ALIGN)
+}
+
 /// Milliseconds since 1970.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Ring {
-    /// Lays out a new ring in zeroed memory and registers the `default`
-    /// consumer at position 0.
-    pub fn create(region: Region, geometry: Geometry) -> Result<Ring, RingError> {
+    /// Lays out a new ring in zeroed memory, owned by `identity`, with
+    /// `consumers` registered at its beginning.
+    pub fn create(region: Region, geometry: Geometry, identity: &Identity, consumers: &[String]) -> Result<Ring, RingError> {
         geometry.validate(region.len()).map_err(RingError::Geometry)?;
-        region.u32_at(OFF_VERSION).store(VERSION, Ordering::Relaxed);
-        region.u32_at(OFF_DATA_OFFSET).store(geometry.data_offset() as u32, Ordering::Relaxed);
-        region.u64_at(OFF_CAPACITY).store(geometry.capacity, Ordering::Relaxed);
-        region.u32_at(OFF_READER_SLOTS).store(geometry.readers, Ordering::Relaxed);
-        region.u32_at(OFF_SCHEMA_AREA).store(geometry.schema_area, Ordering::Relaxed);
-        region.u64_at(OFF_CREATED_MS).store(now_ms(), Ordering::Relaxed);
-        let ring = Ring { region: Arc::new(region), geometry };
-        ring.claim_slot("default", 0)?;
+        let r = &region;
+        r.u32_at(OFF_VERSION).store(VERSION, Ordering::Relaxed);
+        r.u32_at(OFF_DATA_OFFSET).store(geometry.data_offset() as u32, Ordering::Relaxed);
+        r.u64_at(OFF_CAPACITY).store(geometry.capacity, Ordering::Relaxed);
+        r.u32_at(OFF_READER_SLOTS).store(geometry.readers, Ordering::Relaxed);
+        r.u32_at(OFF_SCHEMA_AREA).store(geometry.schema_area, Ordering::Relaxed);
+        r.u64_at(OFF_CREATED_MS).store(now_ms(), Ordering::Relaxed);
+        r.u64_at(OFF_SYSTEM_ID).store(identity.system_id, Ordering::Relaxed);
+        r.u32_at(OFF_TIMELINE).store(identity.timeline, Ordering::Relaxed);
+        r.u32_at(OFF_DATABASE).store(identity.database, Ordering::Relaxed);
+        r.u32_at(OFF_RELATION).store(identity.relation, Ordering::Relaxed);
+        r.u32_at(OFF_PARTITION).store(identity.partition, Ordering::Relaxed);
+        write_name(r, OFF_SLOT_NAME_LEN, OFF_SLOT_NAME, SLOT_NAME_MAX, &identity.slot);
+        write_name(r, OFF_ROUTE_NAME_LEN, OFF_ROUTE_NAME, ROUTE_NAME_MAX, &identity.route);
+        let ring = Ring { region: Arc::new(region), geometry, dir: None };
+        for name in consumers {
+            ring.register(name, Start::Beginning)?;
+        }
         // The magic goes last: a reader never sees a half-made header.
         ring.region.u64_at(OFF_MAGIC).store(u64::from_le_bytes(MAGIC), Ordering::Release);
         Ok(ring)
@@ -157,11 +222,40 @@ impl Ring {
         if region.u32_at(OFF_DATA_OFFSET).load(Ordering::Relaxed) as usize != geometry.data_offset() {
             return Err(RingError::Geometry("data offset does not follow from the geometry".into()));
         }
-        Ok(Ring { region: Arc::new(region), geometry })
+        Ok(Ring { region: Arc::new(region), geometry, dir: None })
+    }
+
+    /// Where spilled frames of this ring live.
+    pub(crate) fn with_dir(mut self, dir: PathBuf) -> Ring {
+        self.dir = Some(dir);
+        self
+    }
+
+    pub(crate) fn dir(&self) -> Option<&std::path::Path> {
+        self.dir.as_deref()
     }
 
     pub fn geometry(&self) -> Geometry {
         self.geometry
+    }
+
+    /// Whose ring this is, as its header says.
+    pub fn identity(&self) -> Identity {
+        let r = &self.region;
+        Identity {
+            system_id: r.u64_at(OFF_SYSTEM_ID).load(Ordering::Relaxed),
+            timeline: r.u32_at(OFF_TIMELINE).load(Ordering::Relaxed),
+            database: r.u32_at(OFF_DATABASE).load(Ordering::Relaxed),
+            relation: r.u32_at(OFF_RELATION).load(Ordering::Relaxed),
+            partition: r.u32_at(OFF_PARTITION).load(Ordering::Relaxed),
+            slot: read_name(r, OFF_SLOT_NAME_LEN, OFF_SLOT_NAME, SLOT_NAME_MAX),
+            route: read_name(r, OFF_ROUTE_NAME_LEN, OFF_ROUTE_NAME, ROUTE_NAME_MAX),
+        }
+    }
+
+    /// Whether the producer replaced this ring by a new file.
+    pub fn is_retired(&self) -> bool {
+        self.region.u32_at(OFF_RETIRED).load(Ordering::Acquire) != 0
     }
 
     /// A copy of the ring's first `len` bytes (tools and fuzzing).
@@ -172,8 +266,8 @@ impl Ring {
     /// The positions of the ring and its consumers.
     pub fn status(&self) -> RingStatus {
         let r = &self.region;
-        let consumers = (0..self.geometry.readers)
-            .filter(|i| r.u32_at(slot_offset(*i) + SLOT_STATE).load(Ordering::Acquire) == SLOT_REGISTERED)
+        let consumers = self
+            .registered()
             .map(|i| {
                 let at = slot_offset(i);
                 let pid = r.u32_at(at + SLOT_PID).load(Ordering::Relaxed);
@@ -183,7 +277,9 @@ impl Ring {
                     alive: process_alive(pid),
                     ack_pos: r.u64_at(at + SLOT_ACK_POS).load(Ordering::Acquire),
                     ack_lsn: r.u64_at(at + SLOT_ACK_LSN).load(Ordering::Acquire),
+                    acked: self.acked(i),
                     read_pos: r.u64_at(at + SLOT_READ_POS).load(Ordering::Relaxed),
+                    heartbeat_ms: r.u64_at(at + SLOT_HEARTBEAT).load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -194,12 +290,37 @@ impl Ring {
             oldest_unacked_ms: r.u64_at(OFF_OLDEST_UNACKED_MS).load(Ordering::Relaxed),
             rows_written: r.u64_at(OFF_ROWS_WRITTEN).load(Ordering::Relaxed),
             rows_per_second: r.u64_at(OFF_ROWS_PER_SECOND).load(Ordering::Relaxed),
-            complete_lsn: r.u64_at(OFF_COMPLETE_LSN).load(Ordering::Acquire),
+            complete: self.complete(),
             producer_pid: r.u32_at(OFF_PRODUCER_PID).load(Ordering::Relaxed),
             producer_epoch: r.u64_at(OFF_EPOCH).load(Ordering::Relaxed),
             heartbeat_ms: r.u64_at(OFF_HEARTBEAT_MS).load(Ordering::Relaxed),
             consumers,
         }
+    }
+
+    /// The complete position: no row at or below this (`_commit_lsn`,
+    /// `_lsn`) can still arrive in this ring. `(0, 0)` while a producer
+    /// that died in the middle of raising it left it unreadable.
+    pub fn complete(&self) -> (u64, u64) {
+        self.read_complete().unwrap_or((0, 0))
+    }
+
+    fn read_complete(&self) -> Option<(u64, u64)> {
+        let r = &self.region;
+        let seq = r.u64_at(OFF_COMPLETE_SEQ);
+        for _ in 0..10_000 {
+            let before = seq.load(Ordering::Acquire);
+            if before % 2 == 0 {
+                let commit = r.u64_at(OFF_COMPLETE_COMMIT).load(Ordering::Relaxed);
+                let lsn = r.u64_at(OFF_COMPLETE_LSN).load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
+                if seq.load(Ordering::Relaxed) == before {
+                    return Some((commit, lsn));
+                }
+            }
+            std::hint::spin_loop();
+        }
+        None
     }
 
     /// The route's latest Arrow schema (an IPC stream with no batches), if
@@ -225,57 +346,112 @@ impl Ring {
         None
     }
 
+    /// Registers consumer `name`, or leaves it as it is if it is registered
+    /// already. Registration is serialized by a lock word in the header, so
+    /// two processes registering one new name end with one registration.
+    pub fn register(&self, name: &str, start: Start) -> Result<(), RingError> {
+        if name.is_empty() || name.len() > NAME_MAX {
+            return Err(RingError::BadName(name.len()));
+        }
+        let _lock = self.lock_registration();
+        if self.find_slot(name).is_some() {
+            return Ok(());
+        }
+        let r = &self.region;
+        let (ack_pos, acked, ack_lsn) = match start {
+            Start::Beginning => (0, Position::START, 0),
+            Start::Now => {
+                let last = r.u64_at(OFF_LAST_COMMIT_LSN).load(Ordering::Acquire);
+                (r.u64_at(OFF_WRITE_POS).load(Ordering::Acquire), Position::end_of(last), last)
+            }
+        };
+        for i in 0..self.geometry.readers {
+            let at = slot_offset(i);
+            let state = r.u32_at(at + SLOT_STATE);
+            if state.compare_exchange(SLOT_FREE, SLOT_CLAIMING, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                r.u32_at(at + SLOT_NAME_LEN).store(name.len() as u32, Ordering::Relaxed);
+                r.write(at + SLOT_NAME, name.as_bytes());
+                r.u32_at(at + SLOT_PID).store(0, Ordering::Relaxed);
+                r.u64_at(at + SLOT_ACK_POS).store(ack_pos, Ordering::Relaxed);
+                r.u64_at(at + SLOT_READ_POS).store(ack_pos, Ordering::Relaxed);
+                r.u64_at(at + SLOT_ACK_LSN).store(ack_lsn, Ordering::Relaxed);
+                r.u64_at(at + SLOT_ACKED_COMMIT).store(acked.commit_lsn, Ordering::Relaxed);
+                r.u64_at(at + SLOT_ACKED_INDEX).store(acked.index, Ordering::Relaxed);
+                r.u64_at(at + SLOT_HEARTBEAT).store(now_ms(), Ordering::Relaxed);
+                state.store(SLOT_REGISTERED, Ordering::Release);
+                return Ok(());
+            }
+        }
+        Err(RingError::NoFreeSlot(self.geometry.readers))
+    }
+
+    /// Unregisters consumer `name`: it no longer holds anything back.
+    /// Returns whether it was registered.
+    pub fn unregister(&self, name: &str) -> bool {
+        let _lock = self.lock_registration();
+        let Some(i) = self.find_slot(name) else { return false };
+        let r = &self.region;
+        r.u32_at(slot_offset(i) + SLOT_STATE).store(SLOT_FREE, Ordering::Release);
+        let space = r.u32_at(OFF_SPACE_SEQ);
+        space.fetch_add(1, Ordering::Release);
+        memory::wake_all(space);
+        true
+    }
+
+    /// The names of the registered consumers.
+    pub fn consumers(&self) -> Vec<String> {
+        self.registered().map(|i| self.slot_name(i)).collect()
+    }
+
+    /// Takes the registration lock, taking it over from a holder that died.
+    fn lock_registration(&self) -> RegistrationLock<'_> {
+        let word = self.region.u32_at(OFF_REGISTRATION_LOCK);
+        let me = std::process::id();
+        loop {
+            match word.compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return RegistrationLock(self),
+                Err(holder) if holder != me && !process_alive(holder) => {
+                    if word.compare_exchange(holder, me, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                        return RegistrationLock(self);
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_micros(200)),
+            }
+        }
+    }
+
+    fn registered(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.geometry.readers)
+            .filter(|i| self.region.u32_at(slot_offset(*i) + SLOT_STATE).load(Ordering::Acquire) == SLOT_REGISTERED)
+    }
+
     fn slot_name(&self, index: u32) -> String {
         let at = slot_offset(index);
         let len = (self.region.u32_at(at + SLOT_NAME_LEN).load(Ordering::Relaxed) as usize).min(NAME_MAX);
         String::from_utf8_lossy(&self.region.read(at + SLOT_NAME, len)).into_owned()
     }
 
+    /// The last row consumer slot `index` acknowledged.
+    fn acked(&self, index: u32) -> Position {
+        let at = slot_offset(index);
+        Position::new(
+            self.region.u64_at(at + SLOT_ACKED_COMMIT).load(Ordering::Acquire),
+            self.region.u64_at(at + SLOT_ACKED_INDEX).load(Ordering::Acquire),
+        )
+    }
+
     /// The slot registered under `name`, if any.
     fn find_slot(&self, name: &str) -> Option<u32> {
-        (0..self.geometry.readers).find(|i| {
-            self.region.u32_at(slot_offset(*i) + SLOT_STATE).load(Ordering::Acquire) == SLOT_REGISTERED
-                && self.slot_name(*i) == name
-        })
+        self.registered().find(|i| self.slot_name(*i) == name)
     }
 
-    /// Registers `name` with its acknowledged position at `pos`, or returns
-    /// its slot if already registered.
-    fn claim_slot(&self, name: &str, pos: u64) -> Result<u32, RingError> {
-        if name.is_empty() || name.len() > NAME_MAX {
-            return Err(RingError::BadName(name.len()));
-        }
-        if let Some(found) = self.find_slot(name) {
-            return Ok(found);
-        }
-        for i in 0..self.geometry.readers {
-            let at = slot_offset(i);
-            let state = self.region.u32_at(at + SLOT_STATE);
-            if state.compare_exchange(SLOT_FREE, SLOT_CLAIMING, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-                self.region.u32_at(at + SLOT_NAME_LEN).store(name.len() as u32, Ordering::Relaxed);
-                self.region.write(at + SLOT_NAME, name.as_bytes());
-                self.region.u64_at(at + SLOT_ACK_POS).store(pos, Ordering::Relaxed);
-                self.region.u64_at(at + SLOT_READ_POS).store(pos, Ordering::Relaxed);
-                self.region.u64_at(at + SLOT_ACK_LSN).store(0, Ordering::Relaxed);
-                state.store(SLOT_REGISTERED, Ordering::Release);
-                // Two processes registering the same new name at once: the
-                // lower slot wins, the other gives its slot back.
-                if let Some(first) = self.find_slot(name).filter(|f| *f != i) {
-                    state.store(SLOT_FREE, Ordering::Release);
-                    return Ok(first);
-                }
-                return Ok(i);
-            }
-        }
-        Err(RingError::NoFreeSlot(self.geometry.readers))
-    }
-
-    /// The smallest acknowledged position over registered consumers, or
-    /// `write_pos` when there is none.
+    /// The smallest acknowledged position over registered consumers whose
+    /// positions are possible, or `write_pos` when there is none.
     fn min_ack(&self, write_pos: u64) -> u64 {
-        (0..self.geometry.readers)
-            .filter(|i| self.region.u32_at(slot_offset(*i) + SLOT_STATE).load(Ordering::Acquire) == SLOT_REGISTERED)
+        let capacity = self.geometry.capacity;
+        self.registered()
             .map(|i| self.region.u64_at(slot_offset(i) + SLOT_ACK_POS).load(Ordering::Acquire))
+            .filter(|ack| valid_ack(*ack, write_pos, capacity))
             .min()
             .unwrap_or(write_pos)
     }
@@ -283,6 +459,29 @@ impl Ring {
     fn data_offset(&self) -> usize {
         self.geometry.data_offset()
     }
+}
+
+/// Held while registering; released when dropped.
+struct RegistrationLock<'a>(&'a Ring);
+
+impl Drop for RegistrationLock<'_> {
+    fn drop(&mut self) {
+        self.0.region.u32_at(OFF_REGISTRATION_LOCK).store(0, Ordering::Release);
+    }
+}
+
+fn write_name(region: &Region, len_at: usize, at: usize, max: usize, name: &str) {
+    let mut end = name.len().min(max);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    region.write(at, &name.as_bytes()[..end]);
+    region.u32_at(len_at).store(end as u32, Ordering::Release);
+}
+
+fn read_name(region: &Region, len_at: usize, at: usize, max: usize) -> String {
+    let len = (region.u32_at(len_at).load(Ordering::Acquire) as usize).min(max);
+    String::from_utf8_lossy(&region.read(at, len)).into_owned()
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 
 use super::layout::*;
 use super::memory::{wait, wake_all};
-use super::{now_ms, Ring, RingError};
+use super::writer::parse_header;
+use super::{now_ms, process_alive, FrameMeta, Ring, RingError};
+use crate::position::Position;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -10,107 +12,166 @@ use std::time::{Duration, Instant};
 /// One frame of record batches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
-    /// An Arrow IPC stream.
+    /// An Arrow IPC stream (read from the spill file for a spilled frame).
     pub payload: Vec<u8>,
-    /// The highest `_commit_lsn` of its rows.
-    pub commit_lsn: u64,
+    pub meta: FrameMeta,
     /// The ring position after it.
     pub end_pos: u64,
 }
 
 /// A named consumer of a ring.
+///
+/// Frames are released (the producer may overwrite them) once the consumer
+/// has acknowledged every row in them ([`RingReader::ack_through`]); a
+/// frame whose rows were all acknowledged before it was read (the worker
+/// sends rows again after a restart) is released as soon as it is read.
 pub struct RingReader {
     ring: Ring,
     slot: usize,
     read_pos: u64,
-    /// Frames returned and not yet acknowledged: (end position, commit LSN).
-    unacked: VecDeque<(u64, u64)>,
+    /// Frames read and not yet released: (end position, last row).
+    unacked: VecDeque<(u64, Position)>,
+    /// The last row acknowledged, as the slot records it.
+    acked: Position,
 }
 
 impl RingReader {
-    /// Attaches as consumer `name`: resumes at its acknowledged position, or
-    /// registers it at the current end of the ring.
+    /// Attaches as the registered consumer `name`, resuming after the last
+    /// row it acknowledged.
     pub fn attach(ring: Ring, name: &str) -> Result<RingReader, RingError> {
-        let write_pos = ring.region.u64_at(OFF_WRITE_POS).load(Ordering::Acquire);
-        let slot = slot_offset(ring.claim_slot(name, write_pos)?);
+        let index = ring.find_slot(name).ok_or_else(|| RingError::NotRegistered(name.to_owned()))?;
+        let slot = slot_offset(index);
         let r = &ring.region;
-        r.u32_at(slot + SLOT_PID).store(std::process::id(), Ordering::Relaxed);
+        let me = std::process::id();
+        let holder = r.u32_at(slot + SLOT_PID).load(Ordering::Acquire);
+        if holder != 0 && holder != me && process_alive(holder) {
+            return Err(RingError::InUse { name: name.to_owned(), pid: holder });
+        }
+        r.u32_at(slot + SLOT_PID).store(me, Ordering::Release);
         r.u64_at(slot + SLOT_HEARTBEAT).store(now_ms(), Ordering::Relaxed);
         let read_pos = r.u64_at(slot + SLOT_ACK_POS).load(Ordering::Acquire);
         r.u64_at(slot + SLOT_READ_POS).store(read_pos, Ordering::Relaxed);
-        Ok(RingReader { ring, slot, read_pos, unacked: VecDeque::new() })
+        let acked = ring.acked(index);
+        Ok(RingReader { ring, slot, read_pos, unacked: VecDeque::new(), acked })
     }
 
     pub fn ring(&self) -> &Ring {
         &self.ring
     }
 
-    /// No row of a transaction committed at or before this LSN can still
-    /// arrive in this ring.
-    pub fn complete_lsn(&self) -> u64 {
-        self.ring.region.u64_at(OFF_COMPLETE_LSN).load(Ordering::Acquire)
+    /// No row at or below this (`_commit_lsn`, `_lsn`) can still arrive.
+    pub fn complete(&self) -> (u64, u64) {
+        self.ring.complete()
     }
 
-    /// The highest commit LSN this consumer acknowledged (kept across
-    /// restarts).
+    /// The last transaction this consumer acknowledged completely (kept
+    /// across restarts): what the slot may confirm on its behalf.
     pub fn acknowledged_lsn(&self) -> u64 {
         self.ring.region.u64_at(self.slot + SLOT_ACK_LSN).load(Ordering::Acquire)
+    }
+
+    /// The last row this consumer acknowledged (kept across restarts).
+    pub fn acknowledged(&self) -> Position {
+        self.acked
     }
 
     /// The next frame, if one is published; never blocks.
     pub fn try_next(&mut self) -> Result<Option<Frame>, RingError> {
         let capacity = self.ring.geometry.capacity;
-        loop {
+        // A padding frame is followed by a frame at offset 0: at most one
+        // padding per frame, whatever a corrupted ring says.
+        for _ in 0..2 {
             let r = &self.ring.region;
             let write_pos = r.u64_at(OFF_WRITE_POS).load(Ordering::Acquire);
             if self.read_pos == write_pos {
+                if self.ring.is_retired() {
+                    return Err(RingError::Retired);
+                }
                 return Ok(None);
             }
             let corrupt = |detail: String| RingError::Corrupt { pos: self.read_pos, detail };
             if self.read_pos > write_pos {
                 return Err(corrupt(format!("the consumer is ahead of the producer (write position {write_pos})")));
             }
+            if write_pos - self.read_pos > capacity {
+                return Err(corrupt(format!("the producer is more than the ring ahead (write position {write_pos})")));
+            }
             if !self.read_pos.is_multiple_of(FRAME_ALIGN) {
                 return Err(corrupt("position not on a frame boundary".into()));
             }
             let offset = self.read_pos % capacity;
+            if offset + FRAME_HEADER > capacity {
+                return Err(corrupt("a frame header runs past the data area".into()));
+            }
             let at = self.ring.data_offset() + offset as usize;
-            let h = r.read(at, FRAME_HEADER as usize);
-            let len = u32::from_le_bytes(h[0..4].try_into().expect("4 bytes"));
-            let kind = u32::from_le_bytes(h[4..8].try_into().expect("4 bytes"));
-            let commit_lsn = u64::from_le_bytes(h[8..16].try_into().expect("8 bytes"));
+            let (len, kind, meta) = parse_header(&r.read(at, FRAME_HEADER as usize));
             let size = frame_size(u64::from(len));
-            if offset + size > capacity || self.read_pos + size > write_pos {
+            let end_pos = self.read_pos + size;
+            if offset + size > capacity || end_pos > write_pos {
                 return Err(corrupt(format!("frame of {len} bytes runs past the data")));
             }
-            let end_pos = self.read_pos + size;
             match kind {
-                KIND_PADDING if offset + size == capacity => {
-                    self.advance(end_pos, 0);
+                KIND_PADDING if offset != 0 && offset + size == capacity => {
+                    self.advance(end_pos, Position::START);
                 }
-                KIND_BATCH => {
-                    let payload = r.read(at + FRAME_HEADER as usize, len as usize);
-                    self.advance(end_pos, commit_lsn);
-                    return Ok(Some(Frame { payload, commit_lsn, end_pos }));
+                KIND_BATCH | KIND_SPILL => {
+                    if meta.rows == 0 || meta.first > meta.last || meta.first.index == 0 {
+                        return Err(corrupt(format!("frame positions {}..{} for {} rows", meta.first, meta.last, meta.rows)));
+                    }
+                    let bytes = r.read(at + FRAME_HEADER as usize, len as usize);
+                    let payload = if kind == KIND_SPILL { self.read_spill(&bytes)? } else { bytes };
+                    self.advance(end_pos, meta.last);
+                    return Ok(Some(Frame { payload, meta, end_pos }));
                 }
                 other => return Err(corrupt(format!("unknown frame kind {other}"))),
             }
         }
+        Err(RingError::Corrupt { pos: self.read_pos, detail: "two padding frames in a row".into() })
     }
 
-    fn advance(&mut self, end_pos: u64, commit_lsn: u64) {
+    /// The Arrow IPC stream of a spilled frame, from the file it names.
+    fn read_spill(&self, name: &[u8]) -> Result<Vec<u8>, RingError> {
+        let name = std::str::from_utf8(name)
+            .ok()
+            .filter(|n| !n.is_empty() && !n.contains('/') && !n.starts_with('.'))
+            .ok_or_else(|| RingError::Corrupt { pos: self.read_pos, detail: "a spill frame names no file".into() })?;
+        let dir = self.ring.dir().ok_or_else(|| RingError::Corrupt {
+            pos: self.read_pos,
+            detail: "a spill frame in a ring that is not a file".into(),
+        })?;
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|source| RingError::Io { path: path.display().to_string(), source })
+    }
+
+    fn advance(&mut self, end_pos: u64, last: Position) {
         self.read_pos = end_pos;
-        self.unacked.push_back((end_pos, commit_lsn));
+        self.unacked.push_back((end_pos, last));
         let r = &self.ring.region;
         r.u64_at(self.slot + SLOT_READ_POS).store(end_pos, Ordering::Relaxed);
         r.u64_at(self.slot + SLOT_HEARTBEAT).store(now_ms(), Ordering::Relaxed);
+        self.release();
+    }
+
+    /// Sleeps up to `timeout` until the producer publishes something: a
+    /// frame, a higher complete position, or the ring's retirement.
+    pub fn wait(&self, timeout: Duration) {
+        let r = &self.ring.region;
+        let seen = r.u32_at(OFF_DATA_SEQ).load(Ordering::Acquire);
+        if r.u64_at(OFF_WRITE_POS).load(Ordering::Acquire) != self.read_pos {
+            return;
+        }
+        let waiting = r.u32_at(OFF_READERS_WAITING);
+        waiting.fetch_add(1, Ordering::AcqRel);
+        // The producer may have published between the check and the
+        // registration above; the sequence tells, and the wait returns.
+        wait(r.u32_at(OFF_DATA_SEQ), seen, timeout);
+        waiting.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// The next frame, sleeping up to `timeout` for one.
     pub fn next(&mut self, timeout: Duration) -> Result<Option<Frame>, RingError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let seen = self.ring.region.u32_at(OFF_DATA_SEQ).load(Ordering::Acquire);
             if let Some(frame) = self.try_next()? {
                 return Ok(Some(frame));
             }
@@ -118,46 +179,42 @@ impl RingReader {
             if now >= deadline {
                 return Ok(None);
             }
-            let r = &self.ring.region;
-            let waiting = r.u32_at(OFF_READERS_WAITING);
-            waiting.fetch_add(1, Ordering::AcqRel);
-            // The producer may have published between the check and the
-            // registration above; the sequence tells, and the wait returns.
-            wait(r.u32_at(OFF_DATA_SEQ), seen, deadline - now);
-            waiting.fetch_sub(1, Ordering::AcqRel);
+            self.wait(deadline - now);
         }
     }
 
-    /// Acknowledges every row with a commit LSN up to `lsn`: frames made only
-    /// of such rows may be overwritten, and the slot may confirm `lsn`.
-    pub fn ack(&mut self, lsn: u64) {
+    /// Acknowledges every row up to and including `through`, and records
+    /// that every transaction committed at or before `complete_lsn` is
+    /// fully processed (the slot may confirm it). Neither goes backwards.
+    pub fn ack_through(&mut self, through: Position, complete_lsn: u64) {
         let r = &self.ring.region;
-        let mut ack_pos = None;
-        while let Some(&(end_pos, commit_lsn)) = self.unacked.front() {
-            if commit_lsn > lsn {
+        if through > self.acked {
+            self.acked = through;
+            r.u64_at(self.slot + SLOT_ACKED_COMMIT).store(through.commit_lsn, Ordering::Release);
+            r.u64_at(self.slot + SLOT_ACKED_INDEX).store(through.index, Ordering::Release);
+        }
+        r.u64_at(self.slot + SLOT_ACK_LSN).fetch_max(complete_lsn, Ordering::AcqRel);
+        r.u64_at(self.slot + SLOT_HEARTBEAT).store(now_ms(), Ordering::Relaxed);
+        self.release();
+    }
+
+    /// Releases the frames, oldest first, whose rows are all acknowledged.
+    fn release(&mut self) {
+        let mut released = None;
+        while let Some(&(end_pos, last)) = self.unacked.front() {
+            if last > self.acked {
                 break;
             }
-            ack_pos = Some(end_pos);
+            released = Some(end_pos);
             self.unacked.pop_front();
         }
-        let ack_lsn = r.u64_at(self.slot + SLOT_ACK_LSN);
-        ack_lsn.fetch_max(lsn, Ordering::AcqRel);
-        if let Some(pos) = ack_pos {
-            r.u64_at(self.slot + SLOT_ACK_POS).store(pos, Ordering::Release);
-        }
+        let Some(pos) = released else { return };
+        let r = &self.ring.region;
+        r.u64_at(self.slot + SLOT_ACK_POS).store(pos, Ordering::Release);
         let space = r.u32_at(OFF_SPACE_SEQ);
         space.fetch_add(1, Ordering::Release);
         if r.u32_at(OFF_PRODUCER_WAITING).load(Ordering::Acquire) != 0 {
             wake_all(space);
         }
-    }
-
-    /// Stops retaining data for this consumer, for good.
-    pub fn unregister(self) {
-        let r = &self.ring.region;
-        r.u32_at(self.slot + SLOT_STATE).store(SLOT_FREE, Ordering::Release);
-        let space = r.u32_at(OFF_SPACE_SEQ);
-        space.fetch_add(1, Ordering::Release);
-        wake_all(space);
     }
 }

@@ -3,12 +3,33 @@
 use super::layout::*;
 use super::memory::{wait, wake_all};
 use super::{now_ms, Ring, RingError};
-use std::sync::atomic::Ordering;
+use crate::position::Position;
+use std::sync::atomic::{fence, Ordering};
 use std::time::Duration;
 
 /// The one producer of a ring.
 pub struct RingWriter {
     ring: Ring,
+    /// The complete position last published (only this producer raises it).
+    complete: std::cell::Cell<(u64, u64)>,
+}
+
+/// What a frame holds, as its header records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameMeta {
+    /// Rows in the frame's batches.
+    pub rows: u32,
+    /// Positions of the first and last row.
+    pub first: Position,
+    pub last: Position,
+    /// Whether the last row is its transaction's last in this route.
+    pub ends_transaction: bool,
+}
+
+impl FrameMeta {
+    /// The metadata of a padding frame: no rows.
+    pub const PADDING: FrameMeta =
+        FrameMeta { rows: 0, first: Position::START, last: Position::START, ends_transaction: false };
 }
 
 /// The outcome of a write.
@@ -27,69 +48,92 @@ impl RingWriter {
         r.u64_at(OFF_EPOCH).fetch_add(1, Ordering::AcqRel);
         r.u32_at(OFF_PRODUCER_PID).store(std::process::id(), Ordering::Relaxed);
         r.u64_at(OFF_HEARTBEAT_MS).store(now_ms(), Ordering::Relaxed);
-        RingWriter { ring }
+        let complete = ring.read_complete().unwrap_or_else(|| {
+            // A producer died while raising it: start again from nothing.
+            r.u64_at(OFF_COMPLETE_SEQ).fetch_add(1, Ordering::AcqRel);
+            r.u64_at(OFF_COMPLETE_COMMIT).store(0, Ordering::Relaxed);
+            r.u64_at(OFF_COMPLETE_LSN).store(0, Ordering::Release);
+            (0, 0)
+        });
+        RingWriter { ring, complete: std::cell::Cell::new(complete) }
     }
 
     pub fn ring(&self) -> &Ring {
         &self.ring
     }
 
-    /// Registers a consumer from the current end of the ring on (or keeps
-    /// its position if it is registered already).
-    pub fn register(&self, name: &str) -> Result<(), RingError> {
-        let write_pos = self.ring.region.u64_at(OFF_WRITE_POS).load(Ordering::Relaxed);
-        self.ring.claim_slot(name, write_pos).map(|_| ())
-    }
-
-    /// Appends one frame, unless the ring lacks room; never blocks.
-    pub fn try_write(&self, payload: &[u8], commit_lsn: u64) -> Result<Written, RingError> {
+    /// Appends one frame of `kind` (a batch, or a spilled batch's file
+    /// name), unless the ring lacks room; never blocks. A frame that does
+    /// not fit before the end of the area is preceded by a padding frame,
+    /// published on its own, so that a frame up to
+    /// [`Geometry::max_frame`] always fits once consumers catch up.
+    pub fn try_write(&self, kind: u32, payload: &[u8], meta: &FrameMeta) -> Result<Written, RingError> {
         let r = &self.ring.region;
         let capacity = self.ring.geometry.capacity;
         let size = frame_size(payload.len() as u64);
-        if size > capacity {
+        if size > self.ring.geometry.max_frame() || payload.len() > u32::MAX as usize {
             return Err(RingError::TooLarge { frame: size, capacity });
         }
-        let write_pos = r.u64_at(OFF_WRITE_POS).load(Ordering::Relaxed);
+        let mut write_pos = r.u64_at(OFF_WRITE_POS).load(Ordering::Relaxed);
+        if write_pos.checked_add(2 * capacity).is_none() {
+            return Err(RingError::Corrupt { pos: write_pos, detail: "the write position is at the end of its range".into() });
+        }
+        let mut free = capacity - (write_pos - self.ring.min_ack(write_pos));
         let offset = write_pos % capacity;
-        // Frames never wrap: fill the end of the area and start over.
-        let pad = if offset + size > capacity { capacity - offset } else { 0 };
-        let total = pad + size;
-        if write_pos + total - self.ring.min_ack(write_pos) > capacity {
+        if offset + size > capacity {
+            let pad = capacity - offset;
+            if pad > free {
+                return Ok(Written::Full);
+            }
+            let at = self.ring.data_offset() + offset as usize;
+            r.write(at, &header((pad - FRAME_HEADER) as u32, KIND_PADDING, &FrameMeta::PADDING));
+            write_pos += pad;
+            free -= pad;
+            self.publish(write_pos);
+        }
+        if size > free {
             return Ok(Written::Full);
         }
-        let base = self.ring.data_offset();
-        if pad > 0 {
-            r.write(base + offset as usize, &header((pad - FRAME_HEADER) as u32, KIND_PADDING, 0));
-        }
-        let at = base + ((write_pos + pad) % capacity) as usize;
-        r.write(at, &header(payload.len() as u32, KIND_BATCH, commit_lsn));
+        let at = self.ring.data_offset() + (write_pos % capacity) as usize;
+        r.write(at, &header(payload.len() as u32, kind, meta));
         r.write(at + FRAME_HEADER as usize, payload);
-        r.u64_at(OFF_LAST_COMMIT_LSN).fetch_max(commit_lsn, Ordering::Relaxed);
-        let end_pos = write_pos + total;
-        r.u64_at(OFF_WRITE_POS).store(end_pos, Ordering::Release);
+        r.u64_at(OFF_LAST_COMMIT_LSN).fetch_max(meta.last.commit_lsn, Ordering::Relaxed);
+        let end_pos = write_pos + size;
+        self.publish(end_pos);
+        Ok(Written::Done { end_pos })
+    }
+
+    /// Makes everything up to `write_pos` visible to consumers.
+    fn publish(&self, write_pos: u64) {
+        let r = &self.ring.region;
+        r.u64_at(OFF_WRITE_POS).store(write_pos, Ordering::Release);
+        self.wake_readers();
+    }
+
+    fn wake_readers(&self) {
+        let r = &self.ring.region;
         let seq = r.u32_at(OFF_DATA_SEQ);
         seq.fetch_add(1, Ordering::Release);
         if r.u32_at(OFF_READERS_WAITING).load(Ordering::Acquire) > 0 {
             wake_all(seq);
         }
-        Ok(Written::Done { end_pos })
     }
 
     /// Appends one frame, sleeping up to `timeout` for room when the ring is
     /// full. Returns [`Written::Full`] if there is still none, so the caller
     /// can handle interrupts and call again.
-    pub fn write(&self, payload: &[u8], commit_lsn: u64, timeout: Duration) -> Result<Written, RingError> {
+    pub fn write(&self, kind: u32, payload: &[u8], meta: &FrameMeta, timeout: Duration) -> Result<Written, RingError> {
         let r = &self.ring.region;
         let space = r.u32_at(OFF_SPACE_SEQ);
         // Read the sequence before checking for room: an acknowledgement in
         // between changes it and the futex wait returns at once.
         let seen = space.load(Ordering::Acquire);
-        match self.try_write(payload, commit_lsn)? {
+        match self.try_write(kind, payload, meta)? {
             Written::Full => {
                 r.u32_at(OFF_PRODUCER_WAITING).store(1, Ordering::Release);
                 wait(space, seen, timeout);
                 r.u32_at(OFF_PRODUCER_WAITING).store(0, Ordering::Release);
-                self.try_write(payload, commit_lsn)
+                self.try_write(kind, payload, meta)
             }
             done => Ok(done),
         }
@@ -100,10 +144,23 @@ impl RingWriter {
         self.ring.region.u64_at(OFF_HEARTBEAT_MS).store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Declares every transaction that committed at or before `lsn` fully
-    /// written (to this ring and every other ring of the stream).
-    pub fn complete_through(&self, lsn: u64) {
-        self.ring.region.u64_at(OFF_COMPLETE_LSN).fetch_max(lsn, Ordering::Release);
+    /// Declares that no row at or below (`commit_lsn`, `lsn`) can still
+    /// arrive in this ring, and wakes readers waiting for that (a merging
+    /// reader waits on the complete position of a route with no rows).
+    pub fn complete_through(&self, commit_lsn: u64, lsn: u64) {
+        if (commit_lsn, lsn) <= self.complete.get() {
+            return;
+        }
+        self.complete.set((commit_lsn, lsn));
+        let r = &self.ring.region;
+        let seq = r.u64_at(OFF_COMPLETE_SEQ);
+        let odd = seq.load(Ordering::Relaxed) | 1;
+        seq.store(odd, Ordering::Relaxed);
+        fence(Ordering::Release);
+        r.u64_at(OFF_COMPLETE_COMMIT).store(commit_lsn, Ordering::Relaxed);
+        r.u64_at(OFF_COMPLETE_LSN).store(lsn, Ordering::Relaxed);
+        seq.store(odd + 1, Ordering::Release);
+        self.wake_readers();
     }
 
     /// Publishes the producer's counters for status readers.
@@ -117,6 +174,20 @@ impl RingWriter {
     /// Rows written so far, as last published (survives producer restarts).
     pub fn rows_written(&self) -> u64 {
         self.ring.region.u64_at(OFF_ROWS_WRITTEN).load(Ordering::Relaxed)
+    }
+
+    /// Records the route's name as people know it now (after a rename).
+    pub fn set_route_name(&self, route: &str) {
+        if self.ring.identity().route != route {
+            super::write_name(&self.ring.region, OFF_ROUTE_NAME_LEN, OFF_ROUTE_NAME, ROUTE_NAME_MAX, route);
+        }
+    }
+
+    /// Marks the ring as replaced: readers attached to it open the path
+    /// again.
+    pub fn retire(&self) {
+        self.ring.region.u32_at(OFF_RETIRED).store(1, Ordering::Release);
+        self.wake_readers();
     }
 
     /// Publishes the route's current schema (an Arrow IPC stream with no
@@ -137,10 +208,29 @@ impl RingWriter {
     }
 }
 
-fn header(len: u32, kind: u32, commit_lsn: u64) -> [u8; FRAME_HEADER as usize] {
+fn header(len: u32, kind: u32, meta: &FrameMeta) -> [u8; FRAME_HEADER as usize] {
     let mut h = [0u8; FRAME_HEADER as usize];
-    h[0..4].copy_from_slice(&len.to_le_bytes());
-    h[4..8].copy_from_slice(&kind.to_le_bytes());
-    h[8..16].copy_from_slice(&commit_lsn.to_le_bytes());
+    let flags = if meta.ends_transaction { FLAG_ENDS_TRANSACTION } else { 0 };
+    h[FRAME_LEN..FRAME_LEN + 4].copy_from_slice(&len.to_le_bytes());
+    h[FRAME_KIND..FRAME_KIND + 4].copy_from_slice(&kind.to_le_bytes());
+    h[FRAME_ROWS..FRAME_ROWS + 4].copy_from_slice(&meta.rows.to_le_bytes());
+    h[FRAME_FLAGS..FRAME_FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
+    h[FRAME_FIRST_COMMIT..FRAME_FIRST_COMMIT + 8].copy_from_slice(&meta.first.commit_lsn.to_le_bytes());
+    h[FRAME_FIRST_INDEX..FRAME_FIRST_INDEX + 8].copy_from_slice(&meta.first.index.to_le_bytes());
+    h[FRAME_LAST_COMMIT..FRAME_LAST_COMMIT + 8].copy_from_slice(&meta.last.commit_lsn.to_le_bytes());
+    h[FRAME_LAST_INDEX..FRAME_LAST_INDEX + 8].copy_from_slice(&meta.last.index.to_le_bytes());
     h
+}
+
+/// Reads a frame header: (payload length, kind, metadata).
+pub(crate) fn parse_header(h: &[u8]) -> (u32, u32, FrameMeta) {
+    let u32_at = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
+    let u64_at = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
+    let meta = FrameMeta {
+        rows: u32_at(FRAME_ROWS),
+        first: Position::new(u64_at(FRAME_FIRST_COMMIT), u64_at(FRAME_FIRST_INDEX)),
+        last: Position::new(u64_at(FRAME_LAST_COMMIT), u64_at(FRAME_LAST_INDEX)),
+        ends_transaction: u32_at(FRAME_FLAGS) & FLAG_ENDS_TRANSACTION != 0,
+    };
+    (u32_at(FRAME_LEN), u32_at(FRAME_KIND), meta)
 }
