@@ -11,6 +11,10 @@ CREATE TABLE pgcdc.streams (
     patterns         text[] NOT NULL,
     exclude          text[] NOT NULL DEFAULT '{}',
     route_by_table   boolean NOT NULL,
+    -- Key-hash partitions per table (1: each table one route). Like
+    -- route_by_table, fixed for the life of the stream: its rings are
+    -- named after it.
+    partitions       int NOT NULL DEFAULT 1 CHECK (partitions BETWEEN 1 AND 64),
     reader_role      name,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now()
@@ -19,6 +23,9 @@ COMMENT ON TABLE pgcdc.streams IS 'one row per replication slot configured by cd
 
 CREATE TABLE pgcdc.routes (
     slot_name   name NOT NULL REFERENCES pgcdc.streams ON DELETE CASCADE,
+    -- The worker routes by relation OID; the names are for people (as of
+    -- the last cdc_auto_configure: a renamed table keeps its route).
+    relid       oid NOT NULL,
     schema_name name NOT NULL,
     table_name  name NOT NULL,
     route       text NOT NULL,
@@ -26,9 +33,18 @@ CREATE TABLE pgcdc.routes (
     -- partition: which one this is, and how many there are.
     partition   int NOT NULL DEFAULT 0,
     partitions  int NOT NULL DEFAULT 1 CHECK (partitions BETWEEN 1 AND 64),
-    PRIMARY KEY (slot_name, schema_name, table_name, partition)
+    PRIMARY KEY (slot_name, relid, partition)
 );
 COMMENT ON TABLE pgcdc.routes IS 'the tables of each stream and the route (ring) their changes go to';
 
+CREATE TABLE pgcdc.consumers (
+    slot_name     name NOT NULL REFERENCES pgcdc.streams ON DELETE CASCADE,
+    consumer_name text NOT NULL CHECK (length(consumer_name) BETWEEN 1 AND 64),
+    registered_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (slot_name, consumer_name)
+);
+COMMENT ON TABLE pgcdc.consumers IS 'the named consumers of each stream: every ring keeps its changes until each of them acknowledged them';
+
 SELECT pg_catalog.pg_extension_config_dump('pgcdc.streams', '');
 SELECT pg_catalog.pg_extension_config_dump('pgcdc.routes', '');
+SELECT pg_catalog.pg_extension_config_dump('pgcdc.consumers', '');

@@ -188,7 +188,7 @@ fn the_cli_tails_tables_and_shows_status() {
     client.batch_execute("CREATE TABLE t (id int PRIMARY KEY, name text)").unwrap();
     let conninfo = cluster.conninfo("cli");
     let tail = std::process::Command::new(&cli)
-        .args(["tail", "--conninfo", &conninfo, "--slot", "cli", "--limit", "3", "public.t"])
+        .args(["tail", "--conninfo", &conninfo, "--slot", "cli", "--create", "--limit", "3", "public.t"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

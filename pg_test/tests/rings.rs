@@ -41,7 +41,8 @@ fn a_larger_ring_size_setting_does_not_break_existing_rings() {
     assert_eq!(all_ints(&consume_acking(&mut reader, 1, QUIET), "id"), [0]);
 
     // New rings get the new size; the worker, restarted, keeps this one.
-    client.batch_execute("ALTER SYSTEM SET pgcdc.ring_size = '64MB'; SELECT pg_reload_conf()").unwrap();
+    client.batch_execute("ALTER SYSTEM SET pgcdc.ring_size = '64MB'").unwrap();
+    client.batch_execute("SELECT pg_reload_conf()").unwrap();
     pg_test::e2e::eventually("the new setting", || {
         client.query_one("SHOW pgcdc.ring_size", &[]).unwrap().get::<_, String>(0) == "64MB"
     });

@@ -40,7 +40,8 @@ pub struct Config {
     pub route_by_table: bool,
     /// Routes per table by a hash of its replica identity key (1: none).
     pub partitions: i32,
-    /// The consumer name the readers register under.
+    /// The consumer the readers read as (`cdc_auto_configure` registers
+    /// it for the stream if it is new).
     pub consumer: String,
     /// How long to wait for the worker to create a ring.
     pub ring_timeout: Duration,
@@ -75,8 +76,8 @@ pub fn configure(conninfo: &str, config: &Config) -> Result<Vec<Route>, ClientEr
     let rows = client.query(
         "SELECT schema_name, table_name, route, ring_path
          FROM cdc_auto_configure($1::text[], exclude => $2::text[], slot_name => $3, route_by_table => $4,
-                                 partitions => $5)",
-        &[&config.patterns, &config.exclude, &config.slot, &config.route_by_table, &config.partitions],
+                                 partitions => $5, consumer => $6)",
+        &[&config.patterns, &config.exclude, &config.slot, &config.route_by_table, &config.partitions, &config.consumer],
     )?;
     Ok(rows
         .iter()
@@ -124,6 +125,44 @@ pub fn auto_configure_merged<S: AsRef<str>>(
         .map(|path| ChangeReader::open_waiting(path, &config.consumer, config.ring_timeout))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(merge_streams(readers))
+}
+
+/// The routes of an existing stream whose tables `patterns` select (all of
+/// them when `patterns` is empty), without changing the stream.
+pub fn routes<S: AsRef<str>>(conninfo: &str, slot: &str, patterns: &[S]) -> Result<Vec<Route>, ClientError> {
+    let mut client = Client::connect(conninfo, NoTls)?;
+    let patterns: Vec<&str> = patterns.iter().map(AsRef::as_ref).collect();
+    let rows = client.query(
+        "SELECT r.schema_name, r.table_name, r.route, r.ring_path FROM cdc_routes($1) r
+         WHERE cardinality($2::text[]) = 0
+            OR (r.schema_name, r.table_name) IN (SELECT schema_name, table_name FROM cdc_match_tables($2::text[]))
+         ORDER BY r.route",
+        &[&slot, &patterns],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| Route {
+            schema: r.get(0),
+            table: r.get(1),
+            route: r.get(2),
+            ring_path: PathBuf::from(r.get::<_, String>(3)),
+        })
+        .collect())
+}
+
+/// Registers consumer `name` for stream `slot` (`cdc_register_consumer`):
+/// every ring keeps each change committed from now on until it is
+/// acknowledged under that name. Returns whether it was new.
+pub fn register_consumer(conninfo: &str, slot: &str, name: &str) -> Result<bool, ClientError> {
+    let mut client = Client::connect(conninfo, NoTls)?;
+    Ok(client.query_one("SELECT cdc_register_consumer($1, $2)", &[&slot, &name])?.get(0))
+}
+
+/// Drops consumer `name` of stream `slot` (`cdc_drop_consumer`).
+pub fn drop_consumer(conninfo: &str, slot: &str, name: &str) -> Result<(), ClientError> {
+    let mut client = Client::connect(conninfo, NoTls)?;
+    client.execute("SELECT cdc_drop_consumer($1, $2)", &[&slot, &name])?;
+    Ok(())
 }
 
 /// Reads `cdc_status()`.

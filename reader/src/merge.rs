@@ -43,6 +43,13 @@ fn key(batch: &RecordBatch, row: usize) -> (u64, u64) {
 impl MergedReader {
     /// The next batch in commit order, waiting up to `timeout` for one.
     pub fn next_batch(&mut self, timeout: Duration) -> Result<Option<RecordBatch>, ReadError> {
+        self.next_batch_up_to(timeout, usize::MAX)
+    }
+
+    /// Like [`next_batch`](MergedReader::next_batch), with at most
+    /// `max_rows` rows: the rest stay with the reader (not returned, so not
+    /// acknowledged) for the next call.
+    pub fn next_batch_up_to(&mut self, timeout: Duration, max_rows: usize) -> Result<Option<RecordBatch>, ReadError> {
         let deadline = Instant::now() + timeout;
         loop {
             // The first head to appear decides what "earlier" means: fill
@@ -52,7 +59,7 @@ impl MergedReader {
                     *head = reader.next_batch(Duration::ZERO)?;
                 }
             }
-            let blocker = match self.take_earliest() {
+            let blocker = match self.take_earliest(max_rows.max(1)) {
                 Ok(batch) => return Ok(Some(batch)),
                 Err(blocker) => blocker,
             };
@@ -73,7 +80,7 @@ impl MergedReader {
     /// The earliest head's rows that come before every other route's next
     /// row; otherwise the route (with nothing to read) that might still
     /// get an earlier one, or None when there is no head at all.
-    fn take_earliest(&mut self) -> Result<RecordBatch, Option<usize>> {
+    fn take_earliest(&mut self, max_rows: usize) -> Result<RecordBatch, Option<usize>> {
         let keys: Vec<Option<(u64, u64)>> = self.heads.iter().map(|h| h.as_ref().map(|b| key(b, 0))).collect();
         let Some((earliest, first)) =
             keys.iter().enumerate().filter_map(|(i, k)| k.map(|k| (i, k))).min_by_key(|(_, k)| *k)
@@ -97,13 +104,21 @@ impl MergedReader {
             return Err(bound.1);
         }
         let batch = self.heads[earliest].take().expect("a head");
-        let cut = (0..batch.num_rows()).find(|r| key(&batch, *r) > bound.0).unwrap_or(batch.num_rows());
+        let cut = (0..batch.num_rows()).find(|r| key(&batch, *r) > bound.0).unwrap_or(batch.num_rows()).min(max_rows);
         let left = batch.num_rows() - cut;
         if left > 0 {
             self.heads[earliest] = Some(batch.slice(cut, left));
         }
         self.handed[earliest] = self.readers[earliest].position_before_last(left);
         Ok(batch.slice(0, cut))
+    }
+
+    /// The position of the last row of route `route` (in the order given
+    /// to [`merge_streams`]) this reader returned: with one per route, what
+    /// an application records to [`resume_at`](ChangeReader::resume_at)
+    /// each route after a restart.
+    pub fn position(&self, route: usize) -> Position {
+        self.handed[route]
     }
 
     /// Acknowledges, on every route, the rows this reader returned whose

@@ -35,6 +35,11 @@ pub struct TableSpec {
     pub relid: u32,
     /// Live columns in attribute order (dropped columns left out).
     pub columns: Vec<ColumnSpec>,
+    /// What splits the table into key-hash partitions, as indexes into
+    /// `columns`: the replica identity index, else the primary key (also
+    /// under REPLICA IDENTITY FULL, so that an update of other columns
+    /// never moves a row), else every column.
+    pub partition_key: Vec<usize>,
 }
 
 /// The Arrow schema of a table's change batches.
@@ -456,6 +461,7 @@ mod tests {
                 col("note", "text", Kind::Scalar(Scalar::Text), false),
                 col("tags", "integer[]", Kind::List(Scalar::Int32), false),
             ],
+            partition_key: vec![0],
         }
     }
 

@@ -66,13 +66,18 @@ impl RelationPlan {
             let full_identity = form.relreplident as u8 == pg_sys::REPLICA_IDENTITY_FULL;
             let identity =
                 if full_identity { std::ptr::null_mut() } else { pg_sys::RelationGetIdentityKeyBitmap(relation) };
+            let partition_attnums = partition_key(relation, identity);
 
             let mut specs = Vec::with_capacity(natts);
             let mut columns = Vec::with_capacity(natts);
+            let mut partition_key = Vec::new();
             for attidx in 0..natts {
                 let att = &*(*desc).attrs.as_ptr().add(attidx);
                 if att.attisdropped {
                     continue;
+                }
+                if partition_attnums.as_ref().is_none_or(|k| k.contains(&att.attnum)) {
+                    partition_key.push(specs.len());
                 }
                 let key = full_identity
                     || pg_sys::bms_is_member(
@@ -101,6 +106,7 @@ impl RelationPlan {
                 table: cstr(form.relname.data.as_ptr()),
                 relid: rel.rd_id.to_u32(),
                 columns: specs,
+                partition_key,
             };
             RelationPlan { spec, columns, natts, context }
         }
@@ -113,6 +119,49 @@ impl RelationPlan {
         // SAFETY: the context was created by `describe` and is deleted
         // once, here; nothing else points into it after the plan is gone.
         unsafe { pg_sys::MemoryContextDelete(self.context) }
+    }
+}
+
+/// The attribute numbers that split `relation` into key-hash partitions:
+/// its replica identity index (`identity`, from
+/// `RelationGetIdentityKeyBitmap`), else its primary key; None (every
+/// column) without either.
+///
+/// # Safety
+/// `relation` must be open, inside logical decoding; `identity` null or
+/// the relation's identity key bitmap.
+unsafe fn partition_key(relation: pg_sys::Relation, identity: *mut pg_sys::Bitmapset) -> Option<Vec<i16>> {
+    // SAFETY: bitmap members are attribute numbers offset as PostgreSQL
+    // stores them; the primary key index is opened like
+    // RelationGetIdentityKeyBitmap opens the identity index (the one index
+    // decoding may open), read, and closed.
+    unsafe {
+        if !identity.is_null() {
+            let mut attnums = Vec::new();
+            let mut member = -1;
+            loop {
+                member = pg_sys::bms_next_member(identity, member);
+                if member < 0 {
+                    break;
+                }
+                attnums.push((member + pg_sys::FirstLowInvalidHeapAttributeNumber) as i16);
+            }
+            return Some(attnums);
+        }
+        pg_sys::list_free(pg_sys::RelationGetIndexList(relation));
+        let pkey = (*relation).rd_pkindex;
+        if pkey == pg_sys::InvalidOid {
+            return None;
+        }
+        let index = pg_sys::RelationIdGetRelation(pkey);
+        if index.is_null() {
+            return None;
+        }
+        let form = &*(*index).rd_index;
+        let keys = usize::try_from(form.indnkeyatts).unwrap_or(0);
+        let attnums = form.indkey.values.as_slice(keys).to_vec();
+        pg_sys::RelationClose(index);
+        Some(attnums)
     }
 }
 

@@ -1,14 +1,17 @@
 //! The plugin's state: per-relation plans and open batches, and the logic
 //! that turns each decoded change into a row.
 //!
-//! A table's rows are flushed as one message when its batch reaches
-//! `batch_rows` or `batch_bytes`, and every open batch is flushed at commit,
-//! in the order the transaction first touched each table (unless
-//! `flush_at_commit` is off: then the pgcdc worker flushes, after a linger
-//! time or when it has caught up with the WAL, and batches span
-//! transactions). Rows of different tables may therefore arrive in a
-//! different order than they were written inside one transaction; each row's
-//! `_lsn` gives the exact order.
+//! Every open batch is flushed at commit, in the order the transaction
+//! first touched each table (unless `flush_at_commit` is off: then the
+//! pgcdc worker flushes, after a linger time or when it has caught up with
+//! the WAL, and batches span transactions). Inside a transaction, when one
+//! table's batch reaches `batch_rows` or `batch_bytes` (or, with
+//! `flush_on_table_change`, another table's row follows), every open batch
+//! is flushed: after such a flush every row decoded so far has been
+//! written, which the worker publishes so that merging readers can pass a
+//! transaction larger than a ring. Rows of different tables may arrive in
+//! a different order than they were written inside one transaction; each
+//! row's `_lsn` gives the exact order.
 
 use super::catalog::RelationPlan;
 use super::datum::{self, Read};
@@ -20,6 +23,7 @@ use pgcdc_encode::batch::{ChangeBatchBuilder, ChangeSchema, Image, Row, RowMeta}
 use pgcdc_encode::column::PushError;
 use pgcdc_encode::ipc;
 use pgcdc_encode::options::Options;
+use arrow_array::RecordBatch;
 use pgcdc_reader::contract::Op;
 use pgrx::pg_sys;
 use std::collections::HashMap;
@@ -45,9 +49,16 @@ fn epoch() -> u64 {
 #[derive(Clone)]
 pub struct Message {
     pub schema: Arc<ChangeSchema>,
-    /// The highest `_commit_lsn` of its rows.
-    pub max_commit_lsn: u64,
-    pub rows: usize,
+    /// The rows, as encoded in the message.
+    pub batch: RecordBatch,
+    /// Whether the last row's transaction has no more rows to come (it
+    /// committed before the transaction being decoded, or decoding is
+    /// between transactions).
+    pub ends_transaction: bool,
+    /// On the last message of a flush inside a transaction: (its commit
+    /// LSN, the LSN of the last change decoded), every row up to which has
+    /// now been written.
+    pub synced: Option<(u64, u64)>,
 }
 
 thread_local! {
@@ -121,6 +132,11 @@ pub struct Decoder {
     pending: Vec<pg_sys::Oid>,
     /// The target of the last row, for `flush_on_table_change`.
     last_target: Option<pg_sys::Oid>,
+    /// The commit LSN of the transaction being replayed, between its begin
+    /// and commit callbacks.
+    current: Option<u64>,
+    /// The LSN of the last change decoded.
+    last_lsn: u64,
     wrote: bool,
     changes_since_progress: u32,
     /// Parent of the plans' and conversions' contexts: the decoding context.
@@ -151,6 +167,8 @@ impl Decoder {
             targets: RelationMap::default(),
             pending: Vec::new(),
             last_target: None,
+            current: None,
+            last_lsn: 0,
             wrote: false,
             changes_since_progress: 0,
             cache_context: context,
@@ -160,7 +178,8 @@ impl Decoder {
 
     /// Open batches (and the last table, for `flush_on_table_change`)
     /// carry over from earlier transactions when `flush_at_commit` is off.
-    pub fn begin(&mut self) {
+    pub fn begin(&mut self, commit_lsn: u64) {
+        self.current = Some(commit_lsn);
         self.wrote = false;
     }
 
@@ -198,6 +217,7 @@ impl Decoder {
             let target_oid = source.target;
             let include_before = self.options.include_before;
             let meta = row_meta(op, (*change).lsn, txn);
+            self.last_lsn = (*change).lsn;
             self.before_row(ctx, target_oid);
             let source = &self.sources[&relid];
             let (desc, conversion) = match &source.conversion {
@@ -235,6 +255,7 @@ impl Decoder {
         unsafe {
             self.progress(ctx, false);
             let meta = row_meta(Op::Truncate, (*change).lsn, txn);
+            self.last_lsn = (*change).lsn;
             for &relation in relations {
                 let relid = self.refresh(ctx, relation);
                 let source = &self.sources[&relid];
@@ -259,6 +280,8 @@ impl Decoder {
     /// # Safety
     /// `ctx` as PostgreSQL passes it to a commit callback.
     pub unsafe fn commit(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
+        // Every row of the transaction has been decoded.
+        self.current = None;
         if self.options.flush_at_commit {
             // SAFETY: forwarded from the caller.
             unsafe { self.flush_all(ctx) };
@@ -270,19 +293,24 @@ impl Decoder {
     }
 
     /// Writes every open batch, in the order their tables were first
-    /// touched.
+    /// touched. Inside a transaction the last message says that every row
+    /// decoded so far is written.
     ///
     /// # Safety
     /// `ctx` must be the live decoding context, accepting writes.
     pub unsafe fn flush_all(&mut self, ctx: *mut pg_sys::LogicalDecodingContext) {
-        for relid in std::mem::take(&mut self.pending) {
-            if let Some(target) = self.targets.get_mut(&relid) {
-                if !target.batch.is_empty() {
-                    // SAFETY: forwarded from the caller.
-                    unsafe { flush(ctx, target) };
-                    self.wrote = true;
-                }
-            }
+        let pending: Vec<pg_sys::Oid> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter(|relid| self.targets.get(relid).is_some_and(|t| !t.batch.is_empty()))
+            .collect();
+        let current = self.current;
+        for (i, relid) in pending.iter().enumerate() {
+            let target = self.targets.get_mut(relid).expect("a pending target");
+            let ends = current.is_none_or(|c| target.batch.max_commit_lsn() < c);
+            let synced = current.filter(|_| i + 1 == pending.len()).map(|c| (c, self.last_lsn));
+            // SAFETY: forwarded from the caller.
+            unsafe { flush(ctx, target, ends, synced) };
+            self.wrote = true;
         }
     }
 
@@ -304,28 +332,21 @@ impl Decoder {
     /// table's rows go out first, so messages keep the LSN order.
     unsafe fn before_row(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, relid: pg_sys::Oid) {
         let previous = self.last_target.replace(relid);
-        if !self.options.flush_on_table_change || previous.is_none_or(|p| p == relid) {
-            return;
-        }
-        if let Some(target) = previous.and_then(|p| self.targets.get_mut(&p)) {
-            if !target.batch.is_empty() {
-                // SAFETY: `ctx` is the live decoding context.
-                unsafe { flush(ctx, target) };
-                self.wrote = true;
-            }
+        if self.options.flush_on_table_change && previous.is_some_and(|p| p != relid) {
+            // SAFETY: `ctx` is the live decoding context.
+            unsafe { self.flush_all(ctx) };
         }
     }
 
-    /// Marks the target as pending and flushes its batch when full.
+    /// Marks the target as pending and flushes when its batch is full.
     unsafe fn after_row(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, relid: pg_sys::Oid) {
         if !self.pending.contains(&relid) {
             self.pending.push(relid);
         }
-        let Some(target) = self.targets.get_mut(&relid) else { return };
+        let Some(target) = self.targets.get(&relid) else { return };
         if target.batch.len() >= self.options.batch_rows || target.batch.approx_bytes() >= self.options.batch_bytes {
             // SAFETY: `ctx` is the live decoding context.
-            unsafe { flush(ctx, target) };
-            self.wrote = true;
+            unsafe { self.flush_all(ctx) };
         }
     }
 
@@ -385,14 +406,15 @@ impl Decoder {
         // SAFETY: inside decoding, with an open relation.
         let plan = unsafe { RelationPlan::describe(relation, self.cache_context) };
         let schema = Arc::new(ChangeSchema::new(plan.spec.clone(), self.options.include_before));
+        let changed = self.targets.get(&relid).is_some_and(|old| old.batch.schema().fingerprint() != schema.fingerprint());
+        if changed && self.targets.get(&relid).is_some_and(|old| !old.batch.is_empty()) {
+            // The rows of the old schema go out first.
+            // SAFETY: `ctx` is the live decoding context.
+            unsafe { self.flush_all(ctx) };
+        }
         let batch = match self.targets.remove(&relid) {
-            Some(mut old) => {
-                let kept = old.batch.schema().fingerprint() == schema.fingerprint();
-                if !kept && !old.batch.is_empty() {
-                    // SAFETY: `ctx` is the live decoding context.
-                    unsafe { flush(ctx, &mut old) };
-                    self.wrote = true;
-                }
+            Some(old) => {
+                let kept = !changed;
                 old.plan.release();
                 if kept {
                     old.batch
@@ -483,17 +505,19 @@ unsafe fn fill(
 ///
 /// # Safety
 /// `ctx` must be the live decoding context, inside a callback that may write.
-unsafe fn flush(ctx: *mut pg_sys::LogicalDecodingContext, target: &mut Target) {
+unsafe fn flush(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    target: &mut Target,
+    ends_transaction: bool,
+    synced: Option<(u64, u64)>,
+) {
     if target.batch.is_empty() {
         return;
     }
     let table = || format!("{}.{}", target.plan.spec.schema, target.plan.spec.table);
-    let message = Message {
-        schema: target.batch.schema().clone(),
-        max_commit_lsn: target.batch.max_commit_lsn(),
-        rows: target.batch.len(),
-    };
+    let schema = target.batch.schema().clone();
     let batch = target.batch.finish().map_err(|source| PluginError::Encode { table: table(), source }).or_report();
+    let message = Message { schema, batch: batch.clone(), ends_transaction, synced };
     // SAFETY: PrepareWrite/Write bracket one message in ctx->out, which
     // the encoder writes into; a message stays far below PostgreSQL's 1 GB
     // allocation limit (batch_bytes).

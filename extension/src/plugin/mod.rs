@@ -78,9 +78,10 @@ unsafe fn decoder<'a>(ctx: *mut pg_sys::LogicalDecodingContext) -> &'a mut Decod
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn begin(ctx: *mut pg_sys::LogicalDecodingContext, _txn: *mut pg_sys::ReorderBufferTXN) {
-    // SAFETY: PostgreSQL passes the live decoding context.
-    unsafe { decoder(ctx) }.begin();
+unsafe extern "C-unwind" fn begin(ctx: *mut pg_sys::LogicalDecodingContext, txn: *mut pg_sys::ReorderBufferTXN) {
+    // SAFETY: PostgreSQL passes the live decoding context and the
+    // transaction being replayed, whose end is known (it committed).
+    unsafe { decoder(ctx).begin((*txn).end_lsn) };
 }
 
 #[pg_guard]

@@ -6,15 +6,24 @@
 //! read-only (checks, matching) and everything after it writes. Should a
 //! later step fail, the slot (which is not transactional) stays and the
 //! next run reuses it.
+//!
+//! Nothing here tells a running worker about the new table list: the
+//! publication does, at the position in the WAL where this transaction
+//! commits (decoding reads it as it was then), and the worker finds each
+//! table's ring from the table's OID. A worker that is not running is
+//! started once the transaction commits, so it never reads a catalog
+//! older than what this call wrote.
 
 use super::config;
+use super::consumers;
 use super::discover::{self, Identity, Table};
 use super::error::SqlError;
 use super::lookup;
-use crate::{gucs, worker};
+use crate::worker;
 use pgcdc_reader::pattern::{nearest, TableFilter};
-use pgcdc_reader::ring::file;
+use pgcdc_reader::ring::file::RingKey;
 use pgrx::spi::{quote_identifier, quote_literal, quote_qualified_identifier, Spi};
+use pgrx::{register_xact_callback, PgXactCallbackEvent};
 use std::collections::BTreeSet;
 
 /// What a stream is asked to be.
@@ -27,10 +36,13 @@ pub struct Request {
     pub grant_to: Option<String>,
     /// Routes per table, by a hash of its replica identity key.
     pub partitions: i32,
+    /// A consumer to register (if it is not yet).
+    pub consumer: Option<String>,
 }
 
 /// One route of a configured stream.
 pub struct Route {
+    pub relid: u32,
     pub schema: String,
     pub table: String,
     pub route: String,
@@ -60,6 +72,7 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
             return Err(SqlError::SlotElsewhere { slot: request.slot.clone(), database });
         }
     }
+    check_shape(&request)?;
     let checks = config::checks(if slot_plugin.is_some() { 0 } else { 1 })?;
     if let Some(report) = config::report(&checks) {
         return Err(SqlError::NotConfigured(report));
@@ -98,24 +111,62 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
         grant(role, &tables)?;
     }
     let database = discover::current_database()?;
-    let dir = std::path::PathBuf::from(gucs::ring_directory());
-    let routes: Vec<Route> = tables
+    let dir = worker::stream_dir(&request.slot);
+    let partitions = request.partitions as u32;
+    let (routes, keys): (Vec<Route>, Vec<RingKey>) = tables
         .iter()
-        .flat_map(|t| {
-            let base = if request.route_by_table { format!("{}.{}", t.schema, t.name) } else { request.slot.clone() };
-            (0..request.partitions).map(move |partition| {
-                let route = if request.partitions == 1 { base.clone() } else { format!("{base}#{partition}") };
-                (t, route, partition)
-            })
+        .flat_map(|t| (0..partitions).map(move |partition| (t, partition)))
+        .map(|(t, partition)| {
+            let (route, key) = if !request.route_by_table {
+                (request.slot.clone(), RingKey::Merged)
+            } else if partitions == 1 {
+                (format!("{}.{}", t.schema, t.name), RingKey::Table { relation: t.relid, partition, partitions })
+            } else {
+                (format!("{}.{}#{partition}", t.schema, t.name), RingKey::Table { relation: t.relid, partition, partitions })
+            };
+            let ring_path = dir.join(key.file_name()).display().to_string();
+            let row =
+                Route { relid: t.relid, schema: t.schema.clone(), table: t.name.clone(), route, partition: partition as i32, ring_path };
+            (row, key)
         })
-        .map(|(t, route, partition)| {
-            let ring_path = file::route_path(&dir, &database, &request.slot, &route).display().to_string();
-            Route { schema: t.schema.clone(), table: t.name.clone(), route, partition, ring_path }
-        })
-        .collect();
-    let changed = record(&request, &publication, &routes)?;
-    ensure_worker(&database, &request.slot, changed)?;
+        .unzip();
+    record(&request, &publication, &routes)?;
+    if let Some(consumer) = &request.consumer {
+        consumers::register(&request.slot, consumer)?;
+    }
+    // Readers may attach before the first change: every route has a ring
+    // (the worker would make one on the first change of its table).
+    let settings = worker::ring_settings(&request.slot)?;
+    for (route, key) in routes.iter().zip(keys) {
+        worker::open_ring(&dir, key, &route.route, &settings)?;
+    }
+    ensure_worker(&database, &request.slot)?;
     Ok(routes)
+}
+
+/// Refuses to change how an existing stream routes its tables: its rings
+/// and their consumers' positions are made for the routing it has.
+fn check_shape(request: &Request) -> Result<(), SqlError> {
+    let publication = request.publication.clone().unwrap_or_else(|| request.slot.clone());
+    let current: Option<String> = lookup::optional(
+        "SELECT format('%s %s %s', route_by_table::text, partitions, publication_name) FROM pgcdc.streams WHERE slot_name = $1",
+        &[request.slot.as_str().into()],
+    )?;
+    let Some(current) = current else { return Ok(()) };
+    let mut parts = current.splitn(3, ' ');
+    let (by_table, partitions, existing) = (parts.next(), parts.next(), parts.next().unwrap_or_default());
+    let by_table = by_table == Some("true");
+    let differences = [
+        ("route_by_table", by_table.to_string(), request.route_by_table.to_string()),
+        ("partitions", partitions.unwrap_or("1").to_owned(), request.partitions.to_string()),
+        ("publication_name", existing.to_owned(), publication),
+    ];
+    match differences.into_iter().find(|(_, was, asked)| was != asked) {
+        Some((setting, was, asked)) => {
+            Err(SqlError::Reshape { slot: request.slot.clone(), setting: setting.to_owned(), was, asked })
+        }
+        None => Ok(()),
+    }
 }
 
 /// The tables the patterns select, every include pattern matching one.
@@ -206,16 +257,15 @@ fn grant(role: &str, tables: &[Table]) -> Result<(), SqlError> {
 }
 
 /// Records the stream and its routes; rows that are already right are not
-/// rewritten, so a repeated call changes nothing. Returns whether the
-/// routes changed.
-fn record(request: &Request, publication: &str, routes: &[Route]) -> Result<bool, SqlError> {
-    let before = route_list(&request.slot)?;
+/// rewritten, so a repeated call changes nothing.
+fn record(request: &Request, publication: &str, routes: &[Route]) -> Result<(), SqlError> {
     let array =
         |items: &[String]| format!("ARRAY[{}]::text[]", items.iter().map(quote_literal).collect::<Vec<_>>().join(", "));
     let role = request.grant_to.as_deref().map_or("NULL".to_owned(), quote_literal);
     let mut statements = vec![format!(
-        "INSERT INTO pgcdc.streams AS s (slot_name, publication_name, patterns, exclude, route_by_table, reader_role)
-         VALUES ({slot}, {publication}, {patterns}, {exclude}, {by_table}, {role})
+        "INSERT INTO pgcdc.streams AS s (slot_name, publication_name, patterns, exclude, route_by_table, partitions,
+                                         reader_role)
+         VALUES ({slot}, {publication}, {patterns}, {exclude}, {by_table}, {partitions}, {role})
          ON CONFLICT (slot_name) DO UPDATE
          SET publication_name = excluded.publication_name, patterns = excluded.patterns, exclude = excluded.exclude,
              route_by_table = excluded.route_by_table, reader_role = excluded.reader_role, updated_at = now()
@@ -227,12 +277,14 @@ fn record(request: &Request, publication: &str, routes: &[Route]) -> Result<bool
         patterns = array(&request.patterns),
         exclude = array(&request.exclude),
         by_table = request.route_by_table,
+        partitions = request.partitions,
     )];
     let values = routes
         .iter()
         .map(|r| {
             format!(
-                "({}, {}, {}, {}, {})",
+                "({}::oid, {}, {}, {}, {}, {})",
+                r.relid,
                 quote_literal(&r.schema),
                 quote_literal(&r.table),
                 quote_literal(&r.route),
@@ -245,32 +297,15 @@ fn record(request: &Request, publication: &str, routes: &[Route]) -> Result<bool
     let slot = quote_literal(&request.slot);
     statements.push(format!(
         "DELETE FROM pgcdc.routes r WHERE r.slot_name = {slot}
-           AND (r.schema_name, r.table_name, r.route, r.partition, r.partitions)
-               NOT IN (SELECT * FROM (VALUES {values}) v(s, t, route, p, n))"
+           AND (r.relid, r.schema_name::text, r.table_name::text, r.route, r.partition, r.partitions)
+               NOT IN (SELECT * FROM (VALUES {values}) v(relid, s, t, route, p, n))"
     ));
     statements.push(format!(
-        "INSERT INTO pgcdc.routes (slot_name, schema_name, table_name, route, partition, partitions)
-         SELECT {slot}, s, t, route, p, n FROM (VALUES {values}) v(s, t, route, p, n)
-         ON CONFLICT (slot_name, schema_name, table_name, partition) DO NOTHING"
+        "INSERT INTO pgcdc.routes (slot_name, relid, schema_name, table_name, route, partition, partitions)
+         SELECT {slot}, relid, s, t, route, p, n FROM (VALUES {values}) v(relid, s, t, route, p, n)
+         ON CONFLICT (slot_name, relid, partition) DO NOTHING"
     ));
-    run(&statements)?;
-    Ok(route_list(&request.slot)? != before)
-}
-
-/// The recorded routes of a stream, sorted.
-fn route_list(slot: &str) -> Result<Vec<String>, SqlError> {
-    Spi::connect(|client| {
-        let mut list = Vec::new();
-        for row in client.select(
-            "SELECT format('%s %s %s %s %s', schema_name, table_name, route, partition, partitions)
-             FROM pgcdc.routes WHERE slot_name = $1 ORDER BY 1",
-            None,
-            &[slot.into()],
-        )? {
-            list.push(row.get(1)?.unwrap_or_default());
-        }
-        Ok(list)
-    })
+    run(&statements)
 }
 
 /// The pids of the stream's running workers: the holders of its advisory
@@ -300,15 +335,24 @@ fn stop_worker(slot: &str) -> Result<(), SqlError> {
     Ok(())
 }
 
-/// Starts the stream's worker, restarting it when its routes changed.
-fn ensure_worker(database: &str, slot: &str, routes_changed: bool) -> Result<(), SqlError> {
-    if !worker_pids(slot)?.is_empty() {
-        if !routes_changed {
-            return Ok(());
-        }
-        stop_worker(slot)?;
+/// Starts the stream's worker, if it does not run, once the transaction
+/// commits (a running worker needs nothing: see the module's comment).
+fn ensure_worker(database: &str, slot: &str) -> Result<(), SqlError> {
+    if worker_pids(slot)?.is_empty() {
+        start_at_commit(database, slot);
     }
-    worker::start(database, slot).map_err(SqlError::Worker)
+    Ok(())
+}
+
+/// Registers the start of the stream's worker for when (and if) the
+/// transaction commits.
+fn start_at_commit(database: &str, slot: &str) {
+    let (database, slot) = (database.to_owned(), slot.to_owned());
+    register_xact_callback(PgXactCallbackEvent::Commit, move || {
+        if let Err(e) = worker::start(&database, &slot) {
+            pgrx::warning!("pgcdc: the worker of stream \"{slot}\" did not start: {e}");
+        }
+    });
 }
 
 /// Drops a stream: its slot, its publication and its catalog rows.
@@ -333,22 +377,26 @@ pub fn drop(slot: &str) -> Result<(), SqlError> {
         pgrx::check_for_interrupts!();
     }
     if !locked {
-        return Err(SqlError::Worker(format!("the worker of stream \"{slot}\" did not stop")));
+        return Err(SqlError::WorkerDidNotStop(slot.to_owned()));
     }
+    // The rings die with the stream once the transaction commits; should it
+    // abort, the stream goes on with a new worker.
+    let dir = worker::stream_dir(slot);
+    register_xact_callback(PgXactCallbackEvent::Commit, move || {
+        // A missing directory is fine.
+        let _ = std::fs::remove_dir_all(&dir);
+    });
     let database = discover::current_database()?;
-    let rings = file::route_path(std::path::Path::new(&gucs::ring_directory()), &database, slot, "x");
-    if let Some(dir) = rings.parent() {
-        // The rings die with the stream; a missing directory is fine.
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    Spi::connect(|client| {
-        client.select(
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-            None,
-            &[slot.into()],
-        )?;
-        Ok::<_, SqlError>(())
-    })?;
+    let (database, restart) = (database.clone(), slot.to_owned());
+    register_xact_callback(PgXactCallbackEvent::Abort, move || {
+        if let Err(e) = worker::start(&database, &restart) {
+            pgrx::warning!("pgcdc: the worker of stream \"{restart}\" did not restart: {e}");
+        }
+    });
+    // The slot is not transactional: dropped as the transaction is about
+    // to commit (an error there still aborts it), not before.
+    let doomed = slot.to_owned();
+    register_xact_callback(PgXactCallbackEvent::PreCommit, move || worker::drop_slot(&doomed));
     run(&[
         format!("DROP PUBLICATION IF EXISTS {}", quote_identifier(&publication)),
         format!("DELETE FROM pgcdc.streams WHERE slot_name = {}", quote_literal(slot)),

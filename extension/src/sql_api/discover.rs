@@ -21,6 +21,7 @@ pub enum Identity {
 /// A user table.
 #[derive(Debug, Clone)]
 pub struct Table {
+    pub relid: u32,
     pub schema: String,
     pub name: String,
     pub partitioned: bool,
@@ -39,7 +40,8 @@ pub fn tables() -> Result<Vec<Table>, SqlError> {
                                  WHERE i.indrelid = c.oid
                                    AND ((c.relreplident = 'd' AND i.indisprimary)
                                      OR (c.relreplident = 'i' AND i.indisreplident)))
-                    THEN 'key' ELSE 'missing' END
+                    THEN 'key' ELSE 'missing' END,
+               c.oid::int8
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgcdc')
@@ -56,6 +58,7 @@ pub fn tables() -> Result<Vec<Table>, SqlError> {
                 _ => Identity::Missing,
             };
             tables.push(Table {
+                relid: row.get::<i64>(5)?.and_then(|oid| u32::try_from(oid).ok()).unwrap_or(0),
                 schema: row.get(1)?.unwrap_or_default(),
                 name: row.get(2)?.unwrap_or_default(),
                 partitioned: row.get(3)?.unwrap_or(false),

@@ -27,8 +27,16 @@ pub enum SqlError {
     NoSuchStream(String),
     #[error("partitions must be from 1 to 64, not {0}")]
     Partitions(i32),
-    #[error("pgcdc worker: {0}")]
-    Worker(String),
+    #[error("the worker of stream \"{0}\" did not stop")]
+    WorkerDidNotStop(String),
+    #[error("stream \"{slot}\" has {setting} = {was}; it cannot change to {asked}")]
+    Reshape { slot: String, setting: String, was: String, asked: String },
+    #[error("consumer name \"{0}\" must be 1 to 64 bytes")]
+    ConsumerName(String),
+    #[error("stream \"{slot}\" has no consumer \"{name}\"")]
+    NoSuchConsumer { slot: String, name: String },
+    #[error("pgcdc rings: {0}")]
+    Ring(#[from] pgcdc_reader::ring::RingError),
     #[error(transparent)]
     Spi(#[from] pgrx::spi::Error),
 }
@@ -52,7 +60,11 @@ impl Report for SqlError {
             SqlError::NoMatch { .. } | SqlError::AllExcluded | SqlError::NoSuchTable(..) => ERRCODE_UNDEFINED_TABLE,
             SqlError::SlotPlugin { .. } | SqlError::SlotElsewhere { .. } => ERRCODE_DUPLICATE_OBJECT,
             SqlError::NoSuchRole(_) | SqlError::NoSuchStream(_) => ERRCODE_UNDEFINED_OBJECT,
-            SqlError::Worker(_) => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+            SqlError::WorkerDidNotStop(_) => ERRCODE_OBJECT_IN_USE,
+            SqlError::Reshape { .. } => ERRCODE_FEATURE_NOT_SUPPORTED,
+            SqlError::ConsumerName(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            SqlError::NoSuchConsumer { .. } => ERRCODE_UNDEFINED_OBJECT,
+            SqlError::Ring(_) => ERRCODE_IO_ERROR,
             SqlError::Spi(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -61,7 +73,15 @@ impl Report for SqlError {
         match self {
             SqlError::NotConfigured(_) | SqlError::Spi(_) => None,
             SqlError::Partitions(_) => Some("Each partition is a ring that one consumer reads in parallel with the others.".into()),
-            SqlError::Worker(_) => Some("Background workers are limited by max_worker_processes.".into()),
+            SqlError::WorkerDidNotStop(_) => Some("See pg_stat_activity for the worker, and try again.".into()),
+            SqlError::Reshape { slot, .. } => Some(format!(
+                "A stream's rings are made for its routing. Drop it first with SELECT cdc_drop('{slot}'), or choose another slot_name."
+            )),
+            SqlError::ConsumerName(_) => Some("Consumer names are stored in the rings, in 64 bytes.".into()),
+            SqlError::NoSuchConsumer { slot, .. } => {
+                Some(format!("See SELECT consumer_name FROM pgcdc.consumers WHERE slot_name = '{slot}'."))
+            }
+            SqlError::Ring(_) => Some("Check pgcdc.ring_directory: it must be writable by the server's OS user.".into()),
             SqlError::Pattern(_) => Some(
                 "Patterns are schema.table regular expressions: * alone means any name, \\. any character, and \"Quoted\" parts are exact names."
                     .into(),

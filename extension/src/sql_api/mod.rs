@@ -3,6 +3,7 @@
 
 mod config;
 mod configure;
+mod consumers;
 mod discover;
 mod error;
 mod lookup;
@@ -78,6 +79,7 @@ fn cdc_auto_configure_one(
     route_by_table: default!(bool, true),
     grant_to: default!(Option<&str>, "NULL"),
     partitions: default!(i32, 1),
+    consumer: default!(Option<&str>, "'default'"),
 ) -> TableIterator<
     'static,
     (name!(schema_name, String), name!(table_name, String), name!(route, String), name!(ring_path, String)),
@@ -90,17 +92,20 @@ fn cdc_auto_configure_one(
         route_by_table,
         grant_to,
         partitions,
+        consumer,
     )
 }
 
 /// Configures change data capture for the tables the patterns select:
 /// validates the server, creates or updates the publication, creates the
-/// `wal2arrow` slot, grants read access, records the stream and starts its
-/// worker. Returns each table's route and ring file (`partitions` > 1
-/// splits each table into that many routes by a hash of its replica
-/// identity key, for parallel consumers). Running it again with
-/// the same arguments changes nothing.
+/// `wal2arrow` slot, grants read access, records the stream, registers
+/// `consumer` (NULL: none) and starts its worker. Returns each table's
+/// route and ring file (`partitions` > 1 splits each table into that many
+/// routes by a hash of its key, for parallel consumers). Running it again
+/// with the same arguments changes nothing; the table list may change,
+/// the routing (`route_by_table`, `partitions`, `publication_name`) may not.
 #[pg_extern]
+#[allow(clippy::too_many_arguments)] // SQL's named arguments
 fn cdc_auto_configure(
     tables: Vec<String>,
     exclude: default!(Option<Vec<String>>, "NULL"),
@@ -109,6 +114,7 @@ fn cdc_auto_configure(
     route_by_table: default!(bool, true),
     grant_to: default!(Option<&str>, "NULL"),
     partitions: default!(i32, 1),
+    consumer: default!(Option<&str>, "'default'"),
 ) -> TableIterator<
     'static,
     (name!(schema_name, String), name!(table_name, String), name!(route, String), name!(ring_path, String)),
@@ -121,6 +127,7 @@ fn cdc_auto_configure(
         route_by_table,
         grant_to: grant_to.map(str::to_owned),
         partitions,
+        consumer: consumer.map(str::to_owned),
     })
     .or_report();
     TableIterator::new(routes.into_iter().map(|r| (r.schema, r.table, r.route, r.ring_path)))
@@ -164,8 +171,66 @@ fn cdc_status() -> TableIterator<
 }
 
 /// Removes a stream: its worker, replication slot, publication, ring files
-/// and rows in the pgcdc catalog.
+/// and rows in the pgcdc catalog (the slot and the rings as the
+/// transaction commits).
 #[pg_extern]
 fn cdc_drop(slot_name: &str) {
     configure::drop(slot_name).or_report();
+}
+
+/// Registers a named consumer of a stream: every ring keeps each change
+/// committed from now on until this consumer acknowledged it. Returns
+/// whether it was new.
+#[pg_extern]
+fn cdc_register_consumer(slot_name: &str, consumer: &str) -> bool {
+    consumers::register(slot_name, consumer).or_report()
+}
+
+/// Drops a named consumer of a stream: what it has not acknowledged is
+/// released when the transaction commits.
+#[pg_extern]
+fn cdc_drop_consumer(slot_name: &str, consumer: &str) {
+    consumers::drop(slot_name, consumer).or_report();
+}
+
+/// The routes of a stream (every stream when NULL) and their ring files,
+/// for readers that attach to a stream configured elsewhere.
+#[pg_extern]
+fn cdc_routes(
+    slot_name: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(slot_name, String),
+        name!(schema_name, String),
+        name!(table_name, String),
+        name!(route, String),
+        name!(ring_path, String),
+    ),
+> {
+    let routes = status::routes(slot_name).or_report();
+    TableIterator::new(routes.into_iter().map(|r| (r.slot, r.schema, r.table, r.route, r.ring_path)))
+}
+
+/// Per consumer of every ring: its process, what it acknowledged, how far
+/// behind it is and for how long, and whether it holds the ring back.
+#[pg_extern]
+#[allow(clippy::type_complexity)] // the SQL result's columns
+fn cdc_consumers() -> TableIterator<
+    'static,
+    (
+        name!(slot_name, String),
+        name!(route, String),
+        name!(consumer, String),
+        name!(pid, Option<i32>),
+        name!(acknowledged_lsn, String),
+        name!(lag_bytes, i64),
+        name!(idle_seconds, f64),
+        name!(holds_back, bool),
+    ),
+> {
+    let rows = status::consumers().or_report();
+    TableIterator::new(rows.into_iter().map(|c| {
+        (c.slot, c.route, c.name, c.pid, c.acknowledged_lsn, c.lag_bytes, c.idle_seconds, c.holds_back)
+    }))
 }

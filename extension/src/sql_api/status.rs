@@ -1,38 +1,122 @@
-//! `cdc_status()`: per route, how far behind its readers are.
+//! `cdc_status()`, `cdc_routes()` and `cdc_consumers()`: per route and per
+//! consumer, how far behind the readers are, from the ring headers.
+//!
+//! A stream's routes are the ones `cdc_auto_configure` recorded plus any
+//! ring the worker made for a table published some other way: every ring
+//! is shown, since every ring holds changes someone may be waiting for.
 
 use super::configure::worker_pids;
-use super::discover;
 use super::error::SqlError;
-use crate::gucs;
-use pgcdc_reader::ring::{file, now_ms};
+use crate::worker;
+use pgcdc_reader::ring::file::{self, RingKey};
+use pgcdc_reader::ring::{now_ms, Ring};
 use pgcdc_reader::status::RouteStatus;
 use pgrx::spi::Spi;
+use std::collections::BTreeMap;
+
+/// One route of a stream and its ring file.
+pub struct RouteRow {
+    pub slot: String,
+    pub schema: String,
+    pub table: String,
+    pub route: String,
+    pub ring_path: String,
+}
+
+/// The routes of stream `slot` (of every stream when None), sorted.
+pub fn routes(slot: Option<&str>) -> Result<Vec<RouteRow>, SqlError> {
+    let recorded = Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT r.slot_name::text, r.relid::int8, r.schema_name::text, r.table_name::text, r.route, r.partition,
+                    r.partitions, s.route_by_table
+             FROM pgcdc.routes r JOIN pgcdc.streams s USING (slot_name)
+             WHERE $1::text IS NULL OR r.slot_name = $1
+             ORDER BY 1, 3, 4, 6",
+            None,
+            &[slot.into()],
+        )?;
+        rows.map(|row| {
+            let slot: String = row.get(1)?.unwrap_or_default();
+            let relation = row.get::<i64>(2)?.and_then(|r| u32::try_from(r).ok()).unwrap_or(0);
+            let partition = row.get::<i32>(6)?.and_then(|p| u32::try_from(p).ok()).unwrap_or(0);
+            let partitions = row.get::<i32>(7)?.and_then(|p| u32::try_from(p).ok()).unwrap_or(1);
+            let key = if row.get::<bool>(8)?.unwrap_or(true) {
+                RingKey::Table { relation, partition, partitions }
+            } else {
+                RingKey::Merged
+            };
+            let ring_path = worker::stream_dir(&slot).join(key.file_name()).display().to_string();
+            Ok(RouteRow {
+                slot,
+                schema: row.get(3)?.unwrap_or_default(),
+                table: row.get(4)?.unwrap_or_default(),
+                route: row.get(5)?.unwrap_or_default(),
+                ring_path,
+            })
+        })
+        .collect::<Result<Vec<_>, SqlError>>()
+    })?;
+    let mut rows = recorded;
+    // Rings of tables the catalog does not list (published by hand).
+    let slots: Vec<String> = match slot {
+        Some(slot) => vec![slot.to_owned()],
+        None => Spi::connect(|client| {
+            client
+                .select("SELECT slot_name::text FROM pgcdc.streams ORDER BY 1", None, &[])?
+                .map(|row| Ok(row.get::<String>(1)?.unwrap_or_default()))
+                .collect::<Result<Vec<_>, SqlError>>()
+        })?,
+    };
+    for slot in slots {
+        for path in file::rings_in(&worker::stream_dir(&slot))? {
+            let ring_path = path.display().to_string();
+            if rows.iter().any(|r| r.ring_path == ring_path) {
+                continue;
+            }
+            let Ok(ring) = file::open(&path) else { continue };
+            let route = ring.identity().route;
+            let (schema, table) = route.split_once('.').map(|(s, t)| (s.to_owned(), t.to_owned())).unwrap_or_default();
+            rows.push(RouteRow { slot: slot.clone(), schema, table, route, ring_path });
+        }
+    }
+    rows.sort_by(|a, b| (&a.slot, &a.route).cmp(&(&b.slot, &b.route)));
+    Ok(rows)
+}
+
+/// Every ring of every stream, once (a merged route has one ring for
+/// several tables), with its stream and route name.
+fn rings() -> Result<Vec<(String, String, String, Option<Ring>)>, SqlError> {
+    let mut seen = BTreeMap::new();
+    for route in routes(None)? {
+        seen.entry(route.ring_path.clone()).or_insert((route.slot, route.route));
+    }
+    Ok(seen
+        .into_iter()
+        .map(|(path, (slot, route))| {
+            let ring = file::open(std::path::Path::new(&path)).ok();
+            (slot, route, path, ring)
+        })
+        .collect())
+}
 
 pub fn status() -> Result<Vec<RouteStatus>, SqlError> {
-    let routes: Vec<(String, String, Option<i64>)> = Spi::connect(|client| {
+    let lags: BTreeMap<String, Option<i64>> = Spi::connect(|client| {
         let rows = client.select(
-            "SELECT r.slot_name::text, r.route,
-                    pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::int8
-             FROM (SELECT DISTINCT slot_name, route FROM pgcdc.routes) r
-             LEFT JOIN pg_replication_slots s ON s.slot_name = r.slot_name
-             ORDER BY 1, 2",
+            "SELECT s.slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), r.confirmed_flush_lsn)::int8
+             FROM pgcdc.streams s LEFT JOIN pg_replication_slots r ON r.slot_name = s.slot_name",
             None,
             &[],
         )?;
-        rows.map(|row| Ok((row.get(1)?.unwrap_or_default(), row.get(2)?.unwrap_or_default(), row.get(3)?)))
-            .collect::<Result<Vec<_>, SqlError>>()
+        rows.map(|row| Ok((row.get(1)?.unwrap_or_default(), row.get(2)?))).collect::<Result<_, SqlError>>()
     })?;
-    let database = discover::current_database()?;
-    let dir = std::path::PathBuf::from(gucs::ring_directory());
     let now = now_ms();
-    let mut out = Vec::with_capacity(routes.len());
-    for (slot, route, slot_lag_bytes) in routes {
-        let path = file::route_path(&dir, &database, &slot, &route);
-        let ring = file::open(&path).ok().map(|ring| ring.status());
+    let mut out = Vec::new();
+    for (slot, route, ring_path, ring) in rings()? {
+        let ring = ring.map(|r| r.status());
         out.push(RouteStatus {
             worker_pid: worker_pids(&slot)?.first().copied(),
-            ring_path: path.display().to_string(),
-            slot_lag_bytes,
+            ring_path,
+            slot_lag_bytes: lags.get(&slot).copied().flatten(),
             lag_seconds: ring.as_ref().map_or(0.0, |r| r.lag_ms(now) as f64 / 1000.0),
             ring_fill_bytes: ring.as_ref().map_or(0, |r| r.fill() as i64),
             ring_capacity_bytes: ring.as_ref().map_or(0, |r| r.capacity as i64),
@@ -46,6 +130,48 @@ pub fn status() -> Result<Vec<RouteStatus>, SqlError> {
             slot,
             route,
         });
+    }
+    Ok(out)
+}
+
+/// One consumer of one ring.
+pub struct ConsumerRow {
+    pub slot: String,
+    pub route: String,
+    pub name: String,
+    /// Its process, while one runs.
+    pub pid: Option<i32>,
+    /// The last transaction it acknowledged completely, as PostgreSQL
+    /// prints LSNs.
+    pub acknowledged_lsn: String,
+    /// Bytes of the ring it has not acknowledged.
+    pub lag_bytes: i64,
+    /// Seconds since it last read or acknowledged.
+    pub idle_seconds: f64,
+    /// Whether it has frames left to acknowledge: it keeps them in the ring,
+    /// and the slot from confirming past them.
+    pub holds_back: bool,
+}
+
+pub fn consumers() -> Result<Vec<ConsumerRow>, SqlError> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for (slot, route, _, ring) in rings()? {
+        let Some(ring) = ring else { continue };
+        let status = ring.status();
+        for c in &status.consumers {
+            let valid = status.is_valid(c);
+            out.push(ConsumerRow {
+                slot: slot.clone(),
+                route: route.clone(),
+                name: c.name.clone(),
+                pid: c.alive.then_some(c.pid as i32),
+                acknowledged_lsn: format!("{:X}/{:X}", c.ack_lsn >> 32, c.ack_lsn & 0xffff_ffff),
+                lag_bytes: if valid { (status.write_pos - c.ack_pos) as i64 } else { 0 },
+                idle_seconds: now.saturating_sub(c.heartbeat_ms) as f64 / 1000.0,
+                holds_back: valid && c.ack_pos < status.write_pos,
+            });
+        }
     }
     Ok(out)
 }

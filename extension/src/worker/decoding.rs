@@ -30,6 +30,8 @@ unsafe extern "C-unwind" {
 pub struct Session {
     ctx: *mut pg_sys::LogicalDecodingContext,
     confirmed: pg_sys::XLogRecPtr,
+    /// The confirmed position last written to disk.
+    saved: pg_sys::XLogRecPtr,
     /// Written to by the callbacks through the context's private pointer.
     sink: Box<Sink>,
 }
@@ -72,7 +74,7 @@ impl Session {
             (*ctx).output_writer_private = (&mut *sink as *mut Sink).cast();
             let slot_data = &(*pg_sys::MyReplicationSlot).data;
             pg_sys::XLogBeginRead((*ctx).reader, slot_data.restart_lsn);
-            Session { ctx, confirmed: slot_data.confirmed_flush, sink }
+            Session { ctx, confirmed: slot_data.confirmed_flush, saved: slot_data.confirmed_flush, sink }
         }
     }
 
@@ -132,6 +134,20 @@ impl Session {
             // SAFETY: the slot is acquired by this process.
             unsafe { pg_sys::LogicalConfirmReceivedLocation(lsn) };
             self.confirmed = lsn;
+        }
+    }
+
+    /// Writes the slot to disk if its confirmed position moved since the
+    /// last time: after a crash, decoding resumes from there.
+    pub fn save(&mut self) {
+        if self.confirmed > self.saved {
+            // SAFETY: the slot is acquired by this process, outside any
+            // callback; this is what CheckPointReplicationSlots does.
+            unsafe {
+                pg_sys::ReplicationSlotMarkDirty();
+                pg_sys::ReplicationSlotSave();
+            }
+            self.saved = self.confirmed;
         }
     }
 

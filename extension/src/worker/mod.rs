@@ -12,23 +12,29 @@ mod decoding;
 mod launcher;
 mod sink;
 
+pub use sink::open_ring;
+
 use crate::gucs;
 use decoding::Session;
-use pgcdc_reader::ring::file;
 use pgcdc_reader::ring::layout::Geometry;
+use pgcdc_reader::ring::{file, Identity};
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
 use pgrx::prelude::*;
-use sink::{RouteSpec, Sink};
+pub use sink::RingSettings;
+use sink::{Shape, Sink};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use launcher::init;
 
-/// How often the slot is told what it may forget (it may fsync its state).
+/// How often the slot is told what it may forget.
 const CONFIRM_EVERY: Duration = Duration::from_millis(50);
+/// How often a moved confirmation is also written to disk: a crash
+/// re-sends at most about this much (PostgreSQL itself saves a logical
+/// slot only when its restart point or catalog horizon moves).
+const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// WAL records decoded between checks of the linger time.
 const PUMP_RECORDS: usize = 256;
-/// How long a new worker waits for its stream's catalog rows to commit.
-const STREAM_PATIENCE: Duration = Duration::from_secs(30);
 /// Longest sleep when no WAL arrives (the first one is a millisecond).
 const MAX_IDLE_SLEEP: Duration = Duration::from_millis(10);
 
@@ -50,7 +56,30 @@ pub fn start(database: &str, slot: &str) -> Result<(), String> {
 /// What the catalog says about a stream.
 struct Stream {
     publication: String,
-    routes: Vec<RouteSpec>,
+    shape: Shape,
+    consumers: Vec<String>,
+}
+
+/// What the rings of stream `slot` are made of: the size and group the
+/// settings say, and this cluster's, timeline's and database's identity.
+pub fn ring_settings(slot: &str) -> Result<RingSettings, pgcdc_reader::ring::RingError> {
+    let group = gucs::ring_group().map(|g| file::group_id(&g)).transpose()?;
+    // SAFETY: plain reads of this server's identity (shared memory, and a
+    // global set when the process connected to its database).
+    let (system_id, timeline, database) =
+        unsafe { (pg_sys::GetSystemIdentifier(), pg_sys::GetWALInsertionTimeLine(), pg_sys::MyDatabaseId.to_u32()) };
+    let identity = Identity { system_id, timeline, database, slot: slot.to_owned(), ..Identity::default() };
+    Ok(RingSettings { geometry: Geometry::new(gucs::ring_bytes()), group, identity })
+}
+
+/// The directory of the rings of stream `slot` in this database:
+/// `pgcdc.ring_directory`, then this cluster's system identifier, the
+/// database's OID and the slot.
+pub fn stream_dir(slot: &str) -> PathBuf {
+    // SAFETY: the system identifier is read from the control file's copy
+    // in shared memory; MyDatabaseId is set once the process connected.
+    let (system_id, database) = unsafe { (pg_sys::GetSystemIdentifier(), pg_sys::MyDatabaseId.to_u32()) };
+    file::stream_dir(std::path::Path::new(&gucs::ring_directory()), system_id, database, slot)
 }
 
 /// The `application_name` a stream's worker shows in pg_stat_activity.
@@ -65,24 +94,25 @@ fn load_stream(slot: &str) -> Result<Option<Stream>, pgrx::spi::Error> {
             return Ok(None);
         }
         let rows = client.select(
-            "SELECT s.publication_name::text, r.schema_name::text, r.table_name::text, r.route, r.partition
-             FROM pgcdc.streams s JOIN pgcdc.routes r USING (slot_name) WHERE s.slot_name = $1
-             ORDER BY r.schema_name, r.table_name, r.partition",
+            "SELECT publication_name::text, route_by_table, partitions FROM pgcdc.streams WHERE slot_name = $1",
             None,
             &[slot.into()],
         )?;
-        let mut publication = None;
-        let mut routes = Vec::new();
-        for row in rows {
-            publication = row.get::<String>(1)?;
-            routes.push(RouteSpec {
-                schema: row.get(2)?.unwrap_or_default(),
-                table: row.get(3)?.unwrap_or_default(),
-                route: row.get(4)?.unwrap_or_default(),
-                partition: row.get::<i32>(5)?.unwrap_or(0),
-            });
-        }
-        Ok(publication.map(|publication| Stream { publication, routes }))
+        let Some(row) = rows.into_iter().next() else { return Ok(None) };
+        let publication: String = row.get(1)?.unwrap_or_default();
+        let shape = Shape {
+            route_by_table: row.get::<bool>(2)?.unwrap_or(true),
+            partitions: row.get::<i32>(3)?.and_then(|p| u32::try_from(p).ok()).unwrap_or(1),
+        };
+        let consumers = client
+            .select(
+                "SELECT consumer_name::text FROM pgcdc.consumers WHERE slot_name = $1 ORDER BY 1",
+                None,
+                &[slot.into()],
+            )?
+            .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Stream { publication, shape, consumers }))
     })
 }
 
@@ -107,23 +137,14 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
             pg_sys::GucSource::PGC_S_SESSION,
         );
     }
-    // cdc_auto_configure starts the worker before its transaction commits:
-    // give the catalog rows a moment to become visible.
-    let patience = Instant::now() + STREAM_PATIENCE;
-    let stream = loop {
-        match BackgroundWorker::transaction(|| load_stream(slot)) {
-            Ok(Some(stream)) if !stream.routes.is_empty() => break stream,
-            Ok(_) if Instant::now() < patience => {
-                if !BackgroundWorker::wait_latch(Some(Duration::from_millis(100))) {
-                    return;
-                }
-            }
-            Ok(_) => {
-                pgrx::log!("pgcdc worker: no stream uses slot \"{slot}\" in database \"{database}\"; stopping");
-                return;
-            }
-            Err(e) => pgrx::error!("pgcdc worker: reading the stream of slot \"{slot}\": {e}"),
+    // cdc_auto_configure starts the worker once its transaction committed.
+    let stream = match BackgroundWorker::transaction(|| load_stream(slot)) {
+        Ok(Some(stream)) => stream,
+        Ok(None) => {
+            pgrx::log!("pgcdc worker: no stream uses slot \"{slot}\" in database \"{database}\"; stopping");
+            return;
         }
+        Err(e) => pgrx::error!("pgcdc worker: reading the stream of slot \"{slot}\": {e}"),
     };
 
     // One worker per stream: a second one (started by a racing
@@ -151,19 +172,17 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
         }
     }
 
-    let geometry = Geometry::new(gucs::ring_bytes());
-    let group = gucs::ring_group().map(|g| file::group_id(&g).unwrap_or_else(|e| pgrx::error!("pgcdc worker: {e}")));
-    let dir = std::path::PathBuf::from(gucs::ring_directory());
-    let sink = Sink::open(&dir, database, slot, &stream.routes, geometry, group)
+    let settings = ring_settings(slot).unwrap_or_else(|e| pgrx::error!("pgcdc worker: {e}"));
+    let geometry = settings.geometry;
+    let dir = stream_dir(slot);
+    let sink = Sink::open(&dir, stream.shape, settings, &stream.consumers)
         .unwrap_or_else(|e| pgrx::error!("pgcdc worker: opening the rings of slot \"{slot}\": {e}"));
-    // A message must fit a quarter of a ring, so back-pressure never
-    // deadlocks on one frame larger than the free space can become.
+    // A quarter of a ring: larger messages would wait long for room (and
+    // those over half a ring go to spill files beside it).
     let batch_bytes = (geometry.capacity / 4).clamp(1024, 8 << 20);
     // Tables sharing a route (one merged stream) need their rows in exact
     // LSN order across tables: a message ends wherever the table changes.
-    let mut route_names: Vec<&str> = stream.routes.iter().map(|r| r.route.as_str()).collect();
-    route_names.sort_unstable();
-    let merged = route_names.windows(2).any(|w| w[0] == w[1]);
+    let merged = !stream.shape.route_by_table;
     let options = [
         ("publication_names", quote_publication(&stream.publication)),
         ("batch_bytes", batch_bytes.to_string()),
@@ -176,6 +195,7 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
     pgrx::log!("pgcdc worker: streaming slot \"{slot}\" of database \"{database}\" into {}", dir.display());
 
     let mut last_confirm = Instant::now();
+    let mut last_save = Instant::now();
     let mut idle = Duration::from_millis(1);
     // When the oldest row waiting in an open batch was decoded.
     let mut holding_since: Option<Instant> = None;
@@ -196,6 +216,10 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
         if last_confirm.elapsed() >= CONFIRM_EVERY || read == 0 {
             let bound = session.sink().confirmable(session.decoded_upto(), session.has_pending());
             session.confirm(bound);
+            if last_save.elapsed() >= SAVE_EVERY {
+                session.save();
+                last_save = Instant::now();
+            }
             session.sink_mut().heartbeat();
             last_confirm = Instant::now();
         }
@@ -217,6 +241,19 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
     }
     drop(session);
     pgrx::log!("pgcdc worker: slot \"{slot}\" stopped");
+}
+
+/// Drops replication slot `slot` if it exists (an ERROR if a process
+/// holds it).
+pub fn drop_slot(slot: &str) {
+    let Ok(name) = std::ffi::CString::new(slot) else { return };
+    // SAFETY: looks the slot up under its lock (the `true`), then drops it
+    // by name, as pg_drop_replication_slot does; `name` outlives both calls.
+    unsafe {
+        if !pg_sys::SearchNamedReplicationSlot(name.as_ptr(), true).is_null() {
+            pg_sys::ReplicationSlotDrop(name.as_ptr(), true);
+        }
+    }
 }
 
 /// The first key of the advisory lock (`pg_try_advisory_lock(key,

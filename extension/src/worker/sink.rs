@@ -1,206 +1,254 @@
-//! Where the worker's decoded messages go: one ring per route, chosen by
-//! the message's table, with back-pressure when a ring is full.
+//! Where the worker's decoded messages go: the ring of each message's
+//! table (or of one of its key-hash partitions, or the stream's one merged
+//! ring), found by relation OID and created on first use, with
+//! back-pressure when a ring is full.
+//!
+//! A change of a published table always has a ring to go to: routes are
+//! derived from the relation (names are for display, so a renamed table
+//! keeps its ring), never looked up in a list that could be stale. A new
+//! ring gets every consumer registered for the stream (the registry beside
+//! the rings, locked while the ring is made).
 
 use crate::plugin::{current_message, Message};
 use arrow_array::cast::AsArray;
-use arrow_array::types::Int8Type;
-use arrow_array::UInt32Array;
+use arrow_array::types::UInt64Type;
+use arrow_array::{RecordBatch, UInt64Array};
 use pgcdc_encode::ipc;
-use pgcdc_reader::changes::max_commit_lsn;
-use pgcdc_reader::contract::{self, Op};
-use pgcdc_reader::ring::layout::Geometry;
-use pgcdc_reader::ring::now_ms;
-use pgcdc_reader::ring::{file, RingError, RingWriter, Written};
-use pgcdc_reader::HashPartitioner;
+use pgcdc_reader::contract;
+use pgcdc_reader::partition::split_changes;
+use pgcdc_reader::position::Position;
+use pgcdc_reader::ring::file::{self, Registry, RingKey};
+use pgcdc_reader::ring::layout::{frame_size, Geometry, KIND_BATCH, KIND_SPILL};
+use pgcdc_reader::ring::{now_ms, FrameMeta, Identity, Ring, RingError, RingWriter, Start, Written};
 use pgrx::pg_sys;
-use std::collections::{HashMap, VecDeque};
-use std::path::Path;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// How a stream routes its tables (fixed when it is first configured).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub route_by_table: bool,
+    /// Key-hash partitions per table (1: not split).
+    pub partitions: u32,
+}
+
+/// What a stream's rings are made of.
+pub struct RingSettings {
+    pub geometry: Geometry,
+    pub group: Option<u32>,
+    /// Whose rings these are; `relation`, `partition` and `route` are set
+    /// per ring.
+    pub identity: Identity,
+}
 
 /// A route's ring, the schema last published to it, and what the status
 /// needs: when each unacknowledged frame was written, and row counts.
 struct Route {
     writer: RingWriter,
+    path: PathBuf,
     fingerprint: Option<u64>,
+    /// The position of the last row written.
+    last: Option<Position>,
     /// (end position, written at ms) of frames not yet acknowledged by all.
     unacked: VecDeque<(u64, u64)>,
+    /// Spill files and the ring position once past which nobody needs them.
+    spills: VecDeque<(u64, PathBuf)>,
     rows_written: u64,
     /// Rows written when the current rate period began, and when.
     period: (u64, Instant),
     rate: u64,
+    /// Consumers already reported for impossible positions.
+    reported: HashSet<String>,
 }
 
 /// One stream's rings.
 pub struct Sink {
-    routes: Vec<Route>,
-    /// schema → table → index into `routes` of each key-hash partition
-    /// (nested, so a message's names look up without copies).
-    by_table: HashMap<String, HashMap<String, Vec<usize>>>,
+    dir: PathBuf,
+    shape: Shape,
+    settings: RingSettings,
+    routes: HashMap<RingKey, Route>,
     /// End LSN of the last commit that went through the plugin.
     committed: u64,
     /// `committed` when the open batches were last written.
     flushed: u64,
+    /// When the directory was last looked at for rings made by others.
+    scanned: Instant,
 }
 
-/// One partition's share of a message: an IPC stream, its highest commit
-/// LSN and its row count.
-type Part = (Vec<u8>, u64, usize);
-
-/// Splits a message into `n` by a hash of the table's replica identity
-/// columns (`pg.key`; every column when none is), keeping each key's rows
-/// in order. TRUNCATE rows go to every partition. Each part is an IPC
-/// stream with its highest commit LSN and row count, or None when empty.
-fn split_by_key(bytes: &[u8], n: usize) -> Result<Vec<Option<Part>>, arrow_schema::ArrowError> {
-    let mut parts = vec![None; n];
-    // A plugin message holds one record batch.
-    if let Some(batch) = ipc::read_stream(bytes)?.into_iter().next() {
-        let schema = batch.schema();
-        let mut keys: Vec<String> = schema
-            .fields()
-            .iter()
-            .filter(|f| f.metadata().get(contract::FIELD_PG_KEY).is_some_and(|k| k == "true"))
-            .map(|f| f.name().clone())
-            .collect();
-        if keys.is_empty() {
-            keys = schema
-                .fields()
-                .iter()
-                .filter(|f| f.metadata().contains_key(contract::FIELD_PG_TYPE))
-                .map(|f| f.name().clone())
-                .collect();
-        }
-        let assignment = HashPartitioner::new(&keys, n).assign(&batch)?;
-        let ops = batch
-            .column_by_name(contract::OP)
-            .and_then(|c| c.as_dictionary_opt::<Int8Type>())
-            .map(|d| d.keys().values().to_vec())
-            .unwrap_or_default();
-        let truncate = Op::Truncate.dictionary_key();
-        for (k, part) in parts.iter_mut().enumerate() {
-            let rows: Vec<u32> = (0..batch.num_rows())
-                .filter(|r| assignment[*r] == k || ops.get(*r) == Some(&truncate))
-                .map(|r| r as u32)
-                .collect();
-            if rows.is_empty() {
-                continue;
-            }
-            let piece = arrow_select::take::take_record_batch(&batch, &UInt32Array::from(rows))?;
-            let mut payload = Vec::new();
-            ipc::write_stream(&piece, &mut payload)?;
-            let max_commit = max_commit_lsn(&piece).unwrap_or(0);
-            *part = Some((payload, max_commit, piece.num_rows()));
-        }
-    }
-    Ok(parts)
-}
-
-/// Where a table's changes go, as `pgcdc.routes` records it.
-pub struct RouteSpec {
-    pub schema: String,
-    pub table: String,
-    pub route: String,
-    /// Which of the table's key-hash partitions the route carries.
-    pub partition: i32,
-}
+/// How often the stream's directory is looked at for rings that
+/// `cdc_auto_configure` made for new tables: until the worker knows a
+/// ring, merging readers of it wait.
+const SCAN_EVERY: Duration = Duration::from_millis(200);
 
 impl Sink {
-    /// Opens (or creates) the ring of every route of `slot`.
-    pub fn open(
-        dir: &Path,
-        database: &str,
-        slot: &str,
-        routes: &[RouteSpec],
-        geometry: Geometry,
-        group: Option<u32>,
-    ) -> Result<Sink, RingError> {
-        let mut sink = Sink { routes: Vec::new(), by_table: HashMap::new(), committed: 0, flushed: 0 };
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for spec in routes {
-            let i = match index.get(spec.route.as_str()) {
-                Some(i) => *i,
-                None => {
-                    let path = file::route_path(dir, database, slot, &spec.route);
-                    let ring = file::open_or_create(&path, geometry, group)?;
-                    let writer = RingWriter::new(ring);
-                    let rows_written = writer.rows_written();
-                    sink.routes.push(Route {
-                        writer,
-                        fingerprint: None,
-                        unacked: VecDeque::new(),
-                        rows_written,
-                        period: (rows_written, Instant::now()),
-                        rate: 0,
-                    });
-                    index.insert(&spec.route, sink.routes.len() - 1);
-                    sink.routes.len() - 1
-                }
-            };
-            let partitions =
-                sink.by_table.entry(spec.schema.clone()).or_default().entry(spec.table.clone()).or_default();
-            let at = usize::try_from(spec.partition).unwrap_or(0);
-            if partitions.len() <= at {
-                partitions.resize(at + 1, i);
+    /// Opens the stream's directory: records `consumers` (the catalog's) in
+    /// its registry, registers them on the rings that exist, and replaces
+    /// rings that belong to another history of the cluster (another
+    /// timeline, or acknowledged past the end of the WAL).
+    pub fn open(dir: &Path, shape: Shape, settings: RingSettings, consumers: &[String]) -> Result<Sink, RingError> {
+        let mut sink = Sink {
+            dir: dir.to_owned(),
+            shape,
+            settings,
+            routes: HashMap::new(),
+            committed: 0,
+            flushed: 0,
+            scanned: Instant::now(),
+        };
+        let mut registry = Registry::lock(dir, sink.settings.group)?;
+        let mut names = registry.names()?;
+        for name in consumers {
+            if !names.contains(name) {
+                names.push(name.clone());
             }
-            partitions[at] = i;
         }
+        registry.set(&names)?;
+        // SAFETY: reads the flush position from shared memory.
+        let wal_end = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
+        for path in file::rings_in(dir)? {
+            let ring = file::open(&path)?;
+            if let Some(why) = sink.foreign(&ring, wal_end) {
+                pgrx::log!("pgcdc worker: replacing ring {}: {why}", path.display());
+                RingWriter::new(ring).retire();
+                std::fs::remove_file(&path).map_err(|source| RingError::Io { path: path.display().to_string(), source })?;
+                continue;
+            }
+            for name in &names {
+                ring.register(name, Start::Now)?;
+            }
+            let Some(key) = sink.key_of(&ring, &path) else { continue };
+            sink.routes.insert(key, Route::new(RingWriter::new(ring), path));
+        }
+        sink.adopt_spills()?;
         Ok(sink)
     }
 
-    /// Writes one plugin message to its table's ring, waiting while the
-    /// ring is full (interrupts and shutdown requests are served meanwhile).
-    pub fn write(&mut self, bytes: &[u8]) {
-        let Some(message) = current_message() else { return };
-        let spec = message.schema.spec();
-        let Some(routes) = self.by_table.get(spec.schema.as_str()).and_then(|t| t.get(spec.table.as_str())) else {
-            // The publication only holds routed tables; anything else (a
-            // table added behind the catalog's back) is not this stream's.
-            return;
-        };
-        if routes.len() == 1 {
-            let i = routes[0];
-            self.write_to(i, &message, bytes, message.max_commit_lsn, message.rows);
-            return;
+    /// Why a ring must not be written to, if it must not.
+    fn foreign(&self, ring: &Ring, wal_end: u64) -> Option<String> {
+        let (ours, theirs) = (&self.settings.identity, ring.identity());
+        if (theirs.system_id, theirs.database, &theirs.slot) != (ours.system_id, ours.database, &ours.slot) {
+            return Some(format!("it belongs to another stream ({theirs:?})"));
         }
-        let routes = routes.clone();
-        let parts = split_by_key(bytes, routes.len()).unwrap_or_else(|e| pgrx::error!("pgcdc worker: {e}"));
-        for (part, route) in parts.into_iter().zip(routes) {
-            if let Some((payload, max_commit_lsn, rows)) = part {
-                self.write_to(route, &message, &payload, max_commit_lsn, rows);
+        if theirs.timeline != ours.timeline {
+            return Some(format!("it was written on timeline {}, the server is on {}", theirs.timeline, ours.timeline));
+        }
+        let status = ring.status();
+        status.consumers.iter().find(|c| c.ack_lsn > wal_end).map(|c| {
+            format!("consumer \"{}\" acknowledged {:X}, past the end of the WAL ({wal_end:X})", c.name, c.ack_lsn)
+        })
+    }
+
+    /// Takes on the rings others made for new tables: they hear of every
+    /// transaction that completes from now on.
+    fn adopt_new_rings(&mut self) -> Result<(), RingError> {
+        for path in file::rings_in(&self.dir)? {
+            if self.routes.values().any(|r| r.path == path) {
+                continue;
             }
+            let ring = file::open(&path)?;
+            let Some(key) = self.key_of(&ring, &path) else { continue };
+            let route = Route::new(RingWriter::new(ring), path);
+            route.writer.complete_through(self.flushed, u64::MAX);
+            self.routes.insert(key, route);
+        }
+        Ok(())
+    }
+
+    /// The key of a ring, as its header says, if that is the key its file
+    /// name says too.
+    fn key_of(&self, ring: &Ring, path: &Path) -> Option<RingKey> {
+        let identity = ring.identity();
+        let key = match identity.relation {
+            0 => RingKey::Merged,
+            relation => {
+                RingKey::Table { relation, partition: identity.partition, partitions: self.shape.partitions }
+            }
+        };
+        let named = path.file_name().is_some_and(|n| n.to_string_lossy() == key.file_name());
+        if !named {
+            pgrx::log!("pgcdc worker: ignoring ring {}: its header names another route", path.display());
+        }
+        named.then_some(key)
+    }
+
+    /// Takes over the spill files a previous worker left: each is deleted
+    /// once every consumer is past any frame that could name it.
+    fn adopt_spills(&mut self) -> Result<(), RingError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| RingError::Io { path: self.dir.display().to_string(), source })?;
+        for path in entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "spill")) {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let mut parts = name.split('.');
+            let (Some(stem), Some(at)) = (parts.next(), parts.next().and_then(|p| p.parse::<u64>().ok())) else {
+                continue;
+            };
+            match self.routes.iter_mut().find(|(key, _)| key.file_name() == format!("{stem}.ring")) {
+                Some((_, route)) => {
+                    let capacity = route.writer.ring().geometry().capacity;
+                    route.spills.push_back((at + 2 * capacity, path));
+                }
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The rings a relation's changes go to.
+    fn keys(&self, relation: u32) -> Vec<RingKey> {
+        let partitions = self.shape.partitions;
+        match (self.shape.route_by_table, partitions) {
+            (false, _) => vec![RingKey::Merged],
+            (true, 1) => vec![RingKey::Table { relation, partition: 0, partitions: 1 }],
+            (true, n) => (0..n).map(|partition| RingKey::Table { relation, partition, partitions: n }).collect(),
         }
     }
 
-    /// Writes one frame to one route's ring.
-    fn write_to(&mut self, i: usize, message: &Message, bytes: &[u8], max_commit_lsn: u64, rows: usize) {
-        let route = &mut self.routes[i];
-        if route.fingerprint != Some(message.schema.fingerprint()) {
-            let mut schema = Vec::new();
-            if ipc::write_schema_stream(message.schema.arrow(), &mut schema).is_ok() {
-                // A schema too large for the header area is only a missed
-                // convenience for late readers: every frame carries its own.
-                let _ = route.writer.publish_schema(&schema);
-            }
-            route.fingerprint = Some(message.schema.fingerprint());
+    /// The route of `key`, created (with every registered consumer) if it
+    /// has no ring yet.
+    fn route(&mut self, key: RingKey, display: &str) -> Result<&mut Route, RingError> {
+        if !self.routes.contains_key(&key) {
+            let (path, ring) = open_ring(&self.dir, key, display, &self.settings)?;
+            self.routes.insert(key, Route::new(RingWriter::new(ring), path));
         }
-        loop {
-            match route.writer.write(bytes, max_commit_lsn, Duration::from_millis(100)) {
-                Ok(Written::Done { end_pos }) => {
-                    route.unacked.push_back((end_pos, now_ms()));
-                    route.rows_written += rows as u64;
-                    return;
-                }
-                Ok(Written::Full) => {
-                    pgrx::check_for_interrupts!();
-                    // SAFETY: reading a flag the signal handler sets.
-                    if unsafe { pg_sys::ShutdownRequestPending } != 0 {
-                        // SAFETY: exits like a backend does; the slot is
-                        // released by PostgreSQL's exit callbacks.
-                        unsafe { pg_sys::proc_exit(0) };
-                    }
-                }
-                Err(e) => pgrx::error!("pgcdc worker: {e}"),
-            }
+        Ok(self.routes.get_mut(&key).expect("inserted"))
+    }
+
+    /// Writes one plugin message to its table's ring (or its partitions'),
+    /// waiting while a ring is full (interrupts and shutdown requests are
+    /// served meanwhile).
+    pub fn write(&mut self, bytes: &[u8]) {
+        let Some(message) = current_message() else { return };
+        if let Err(e) = self.write_message(&message, bytes) {
+            pgrx::error!("pgcdc worker: writing the changes of {}: {e}", table_name(&message));
         }
+        if let Some((commit_lsn, lsn)) = message.synced {
+            // Every row decoded so far is in its ring: merging readers may
+            // pass them, though the transaction is still being written.
+            self.routes.values().for_each(|r| r.writer.complete_through(commit_lsn, lsn));
+        }
+    }
+
+    fn write_message(&mut self, message: &Message, bytes: &[u8]) -> Result<(), SinkError> {
+        let spec = message.schema.spec();
+        let keys = self.keys(spec.relid);
+        let table = table_name(message);
+        let dir = self.dir.clone();
+        if let [key] = keys[..] {
+            let display = if self.shape.route_by_table { table } else { self.settings.identity.slot.clone() };
+            return Ok(self.route(key, &display)?.write(message, &display, &message.batch, bytes, &dir)?);
+        }
+        let key_columns: Vec<String> = spec.partition_key.iter().map(|i| spec.columns[*i].name.clone()).collect();
+        let parts = split_changes(&message.batch, &key_columns, keys.len())?;
+        for (k, (key, part)) in keys.into_iter().zip(parts).enumerate() {
+            let Some(part) = part else { continue };
+            let mut payload = Vec::new();
+            ipc::write_stream(&part, &mut payload)?;
+            let display = format!("{table}#{k}");
+            self.route(key, &display)?.write(message, &display, &part, &payload, &dir)?;
+        }
+        Ok(())
     }
 
     /// A transaction ending at `lsn` went through the plugin (its rows may
@@ -214,7 +262,7 @@ impl Sink {
     pub fn flushed(&mut self) {
         self.flushed = self.committed;
         let lsn = self.committed;
-        self.routes.iter().for_each(|r| r.writer.complete_through(lsn));
+        self.routes.values().for_each(|r| r.writer.complete_through(lsn, u64::MAX));
     }
 
     /// The LSN the slot may confirm: everything decoded up to `decoded`
@@ -224,9 +272,9 @@ impl Sink {
     /// however quiet its tables).
     pub fn confirmable(&self, decoded: u64, pending: bool) -> u64 {
         let mut bound = if pending { self.flushed } else { decoded };
-        for route in &self.routes {
+        for route in self.routes.values() {
             let status = route.writer.ring().status();
-            for consumer in &status.consumers {
+            for consumer in status.consumers.iter().filter(|c| status.is_valid(c)) {
                 if consumer.ack_pos < status.write_pos {
                     bound = bound.min(consumer.ack_lsn);
                 }
@@ -235,14 +283,44 @@ impl Sink {
         bound
     }
 
-    /// Records that the worker is alive and publishes each ring's lag and
-    /// throughput, for readers and `cdc_status`.
+    /// Records that the worker is alive, publishes each ring's lag and
+    /// throughput for readers and `cdc_status`, deletes spill files nobody
+    /// needs any more, and reports consumers with impossible positions.
     pub fn heartbeat(&mut self) {
-        for route in &mut self.routes {
+        if self.scanned.elapsed() >= SCAN_EVERY {
+            self.scanned = Instant::now();
+            if let Err(e) = self.adopt_new_rings() {
+                pgrx::warning!("pgcdc worker: looking for new rings in {}: {e}", self.dir.display());
+            }
+        }
+        for route in self.routes.values_mut() {
             route.writer.heartbeat();
-            let acknowledged = route.writer.ring().status().min_ack_pos();
+            let status = route.writer.ring().status();
+            let acknowledged = status
+                .consumers
+                .iter()
+                .filter(|c| status.is_valid(c))
+                .map(|c| c.ack_pos)
+                .min()
+                .unwrap_or(status.write_pos);
             while route.unacked.front().is_some_and(|(end, _)| *end <= acknowledged) {
                 route.unacked.pop_front();
+            }
+            while route.spills.front().is_some_and(|(end, _)| *end <= acknowledged) {
+                let (_, path) = route.spills.pop_front().expect("a spill");
+                let _ = std::fs::remove_file(path);
+            }
+            for consumer in status.invalid_consumers() {
+                if route.reported.insert(consumer.name.clone()) {
+                    pgrx::warning!(
+                        "pgcdc worker: consumer \"{}\" of ring {} has an impossible position ({} with the ring at {}); \
+                         it no longer holds the ring back. Drop it with cdc_drop_consumer.",
+                        consumer.name,
+                        route.path.display(),
+                        consumer.ack_pos,
+                        status.write_pos
+                    );
+                }
             }
             let elapsed = route.period.1.elapsed();
             if elapsed >= Duration::from_secs(1) {
@@ -253,4 +331,132 @@ impl Sink {
             route.writer.publish_stats(oldest, route.rows_written, route.rate);
         }
     }
+}
+
+impl Route {
+    fn new(writer: RingWriter, path: PathBuf) -> Route {
+        let rows_written = writer.rows_written();
+        Route {
+            writer,
+            path,
+            fingerprint: None,
+            last: None,
+            unacked: VecDeque::new(),
+            spills: VecDeque::new(),
+            rows_written,
+            period: (rows_written, Instant::now()),
+            rate: 0,
+            reported: HashSet::new(),
+        }
+    }
+
+    /// Writes `batch` (encoded as `payload`) as one frame, numbering its
+    /// rows after the route's last; a frame too large for the ring goes to
+    /// a spill file beside it.
+    fn write(
+        &mut self,
+        message: &Message,
+        display: &str,
+        batch: &RecordBatch,
+        payload: &[u8],
+        dir: &Path,
+    ) -> Result<(), RingError> {
+        if self.fingerprint != Some(message.schema.fingerprint()) {
+            let mut schema = Vec::new();
+            if ipc::write_schema_stream(message.schema.arrow(), &mut schema).is_ok() {
+                // A schema too large for the header area is only a missed
+                // convenience for late readers: every frame carries its own.
+                let _ = self.writer.publish_schema(&schema);
+            }
+            // A new schema comes with every rename.
+            self.writer.set_route_name(display);
+            self.fingerprint = Some(message.schema.fingerprint());
+        }
+        let commits = batch
+            .column_by_name(contract::COMMIT_LSN)
+            .and_then(|c| c.as_primitive_opt::<UInt64Type>())
+            .expect("a change batch has _commit_lsn");
+        let meta = positions(self.last, commits, message.ends_transaction);
+        let geometry = self.writer.ring().geometry();
+        let spill;
+        let (kind, frame): (u32, &[u8]) = if frame_size(payload.len() as u64) > geometry.max_frame() {
+            let at = self.writer.ring().status().write_pos;
+            let stem = self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let path = dir.join(format!("{stem}.{at}.spill"));
+            std::fs::write(&path, payload).map_err(|source| RingError::Io { path: path.display().to_string(), source })?;
+            spill = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            self.spills.push_back((at + 2 * geometry.capacity, path));
+            (KIND_SPILL, spill.as_bytes())
+        } else {
+            (KIND_BATCH, payload)
+        };
+        loop {
+            match self.writer.write(kind, frame, &meta, Duration::from_millis(100))? {
+                Written::Done { end_pos } => {
+                    self.unacked.push_back((end_pos, now_ms()));
+                    self.rows_written += u64::from(meta.rows);
+                    self.last = Some(meta.last);
+                    return Ok(());
+                }
+                Written::Full => {
+                    pgrx::check_for_interrupts!();
+                    // SAFETY: reading a flag the signal handler sets.
+                    if unsafe { pg_sys::ShutdownRequestPending } != 0 {
+                        // SAFETY: exits like a backend does; the slot is
+                        // released by PostgreSQL's exit callbacks.
+                        unsafe { pg_sys::proc_exit(0) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens the ring of `key` in the stream directory `dir`, creating it (named
+/// `display` for people) if there is none, with every consumer of the
+/// stream's registry registered: under the registry's lock, so that a
+/// consumer registered meanwhile is on it too.
+pub fn open_ring(dir: &Path, key: RingKey, display: &str, settings: &RingSettings) -> Result<(PathBuf, Ring), RingError> {
+    let path = dir.join(key.file_name());
+    let (relation, partition) = key.relation_and_partition();
+    let identity = Identity { relation, partition, route: display.to_owned(), ..settings.identity.clone() };
+    let mut registry = Registry::lock(dir, settings.group)?;
+    let consumers = registry.names()?;
+    let ring = file::open_or_create(&path, settings.geometry, &identity, &consumers, settings.group)?;
+    for name in &consumers {
+        ring.register(name, Start::Now)?;
+    }
+    Ok((path, ring))
+}
+
+/// The header of a frame of rows whose commit LSNs are `commits`, written
+/// after the route's `last` row: rows of one transaction are numbered on
+/// from where the route's last frame left off.
+fn positions(last: Option<Position>, commits: &UInt64Array, ends_transaction: bool) -> FrameMeta {
+    let values = commits.values();
+    let first_commit = values[0];
+    let first = match last {
+        Some(last) if last.commit_lsn == first_commit => last.next_in_transaction(),
+        _ => Position::new(first_commit, 1),
+    };
+    let last_commit = values[values.len() - 1];
+    let last = match values.partition_point(|c| *c < last_commit) {
+        0 => Position::new(last_commit, first.index + values.len() as u64 - 1),
+        start => Position::new(last_commit, (values.len() - start) as u64),
+    };
+    FrameMeta { rows: values.len() as u32, first, last, ends_transaction }
+}
+
+fn table_name(message: &Message) -> String {
+    let spec = message.schema.spec();
+    format!("{}.{}", spec.schema, spec.table)
+}
+
+/// What can go wrong writing a message.
+#[derive(Debug, thiserror::Error)]
+enum SinkError {
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    #[error("splitting a batch into partitions: {0}")]
+    Arrow(#[from] arrow_schema::ArrowError),
 }

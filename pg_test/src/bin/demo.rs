@@ -61,7 +61,7 @@ fn main() {
         })
     };
     let status = Command::new(cli())
-        .args(["tail", "--conninfo", &conninfo, "--slot", "demo", "--limit", CHANGES, "public.*"])
+        .args(["tail", "--conninfo", &conninfo, "--slot", "demo", "--create", "--limit", CHANGES, "public.*"])
         .status()
         .unwrap_or_else(|e| panic!("run {} (make demo builds it): {e}", cli().display()));
     running.store(false, Ordering::Relaxed);

@@ -1,26 +1,31 @@
 //! `pgcdc`: tail tables as Arrow tables, or show the status of the streams.
 //!
 //! ```text
-//! pgcdc tail   --conninfo "host=… dbname=…" [--slot pgcdc] [--consumer default] PATTERN…
+//! pgcdc tail   --conninfo "host=… dbname=…" [--slot pgcdc] [--consumer default] [--limit N] [--create] PATTERN…
 //! pgcdc status --conninfo "host=… dbname=…"
 //! ```
-//! `tail` configures (or reuses) the stream for the patterns and prints each
-//! batch as it arrives, with its lag behind the commit, acknowledging as it
-//! goes.
+//! `tail` reads the routes of an existing stream whose tables the patterns
+//! select, merged in commit order, as consumer `--consumer`, and prints
+//! each batch as it arrives with its lag behind the commit, acknowledging
+//! what it printed: run again, it goes on where it stopped. It never
+//! changes the stream; `--create` first configures it for the patterns
+//! (`cdc_auto_configure`, which also registers the consumer).
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampMicrosecondType;
 use arrow_array::RecordBatch;
 use arrow_cast::pretty::pretty_format_batches;
-use pgcdc_reader::changes::max_commit_lsn;
+use pgcdc_reader::changes::{max_commit_lsn, ChangeReader};
 use pgcdc_reader::client::{self, Config};
 use pgcdc_reader::contract;
+use pgcdc_reader::merge_streams;
 use pgcdc_reader::ring::now_ms;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  pgcdc tail --conninfo CONNINFO [--slot NAME] [--consumer NAME] [--limit N] PATTERN...\n  pgcdc status --conninfo CONNINFO"
+        "usage:\n  pgcdc tail --conninfo CONNINFO [--slot NAME] [--consumer NAME] [--limit N] [--create] PATTERN...\n  pgcdc status --conninfo CONNINFO"
     );
     std::process::exit(2)
 }
@@ -28,21 +33,24 @@ fn usage() -> ! {
 fn main() {
     let mut args = std::env::args().skip(1);
     let command = args.next().unwrap_or_else(|| usage());
-    let (mut conninfo, mut slot, mut consumer, mut limit, mut patterns) =
-        (None, "pgcdc".to_owned(), "default".to_owned(), None, Vec::new());
+    let (mut conninfo, mut slot, mut consumer, mut limit, mut create, mut patterns) =
+        (None, "pgcdc".to_owned(), "default".to_owned(), None, false, Vec::new());
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--conninfo" => conninfo = args.next(),
             "--slot" => slot = args.next().unwrap_or_else(|| usage()),
             "--consumer" => consumer = args.next().unwrap_or_else(|| usage()),
-            "--limit" => limit = args.next().and_then(|n| n.parse::<usize>().ok()),
+            "--limit" => limit = Some(args.next().and_then(|n| n.parse::<usize>().ok()).unwrap_or_else(|| usage())),
+            "--create" => create = true,
             other if other.starts_with("--") => usage(),
             pattern => patterns.push(pattern.to_owned()),
         }
     }
     let conninfo = conninfo.unwrap_or_else(|| usage());
     let result = match command.as_str() {
-        "tail" if !patterns.is_empty() => tail(&conninfo, Config { slot, consumer, ..Config::new(&patterns) }, limit),
+        "tail" if !patterns.is_empty() => {
+            tail(&conninfo, Config { slot, consumer, ..Config::new(&patterns) }, create, limit)
+        }
         "status" => status(&conninfo),
         _ => usage(),
     };
@@ -52,14 +60,44 @@ fn main() {
     }
 }
 
-fn tail(conninfo: &str, config: Config, limit: Option<usize>) -> Result<(), Box<dyn std::error::Error>> {
-    let config = Config { route_by_table: false, ..config };
-    let mut reader = client::auto_configure_merged(conninfo, &config.patterns, &config.slot)?;
+fn tail(conninfo: &str, config: Config, create: bool, limit: Option<usize>) -> Result<(), Box<dyn std::error::Error>> {
+    if create {
+        client::configure(conninfo, &config)?;
+    }
+    let routes = client::routes(conninfo, &config.slot, &config.patterns)?;
+    if routes.is_empty() {
+        return Err(format!(
+            "stream \"{}\" has no table that {} select; configure it with --create (or cdc_auto_configure)",
+            config.slot,
+            config.patterns.join(", ")
+        )
+        .into());
+    }
+    // A merged route's ring also carries tables the patterns left out.
+    let shown_tables: BTreeSet<(String, String)> = routes.iter().map(|r| (r.schema.clone(), r.table.clone())).collect();
+    let mut rings: Vec<_> = routes.into_iter().map(|r| r.ring_path).collect();
+    rings.sort();
+    rings.dedup();
+    let readers = rings
+        .iter()
+        .map(|path| ChangeReader::open_waiting(path, &config.consumer, config.ring_timeout))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut reader = merge_streams(readers);
     let mut shown = 0;
     while limit.is_none_or(|l| shown < l) {
-        let Some(batch) = reader.next_batch(Duration::from_millis(500))? else { continue };
-        print_batch(&batch)?;
-        shown += batch.num_rows();
+        // Never more than the limit: what is not shown is not acknowledged.
+        let left = limit.map_or(usize::MAX, |l| l - shown);
+        let Some(batch) = reader.next_batch_up_to(Duration::from_millis(500), left)? else { continue };
+        let schema = batch.schema();
+        let meta = schema.metadata();
+        let table = (
+            meta.get(contract::META_SCHEMA).cloned().unwrap_or_default(),
+            meta.get(contract::META_TABLE).cloned().unwrap_or_default(),
+        );
+        if shown_tables.contains(&table) {
+            print_batch(&batch)?;
+            shown += batch.num_rows();
+        }
         if let Some(lsn) = max_commit_lsn(&batch) {
             reader.ack(lsn);
         }
