@@ -107,3 +107,40 @@ fn a_named_consumer_is_the_only_one_holding_the_stream() {
     // Nobody else was registered: the slot follows "app".
     eventually("the slot to confirm what app acknowledged", || confirmed(&mut client, "named") >= commit);
 }
+
+#[test]
+fn the_readme_example_runs_as_written() {
+    let cluster = Cluster::start();
+    let mut client = cluster.database_with_pgcdc("readme");
+    client.batch_execute("CREATE TABLE users (id int PRIMARY KEY, name text)").unwrap();
+    let conninfo = cluster.conninfo("readme");
+    let (sender, received) = std::sync::mpsc::channel();
+    let example = std::thread::spawn(move || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        // README.md's example, with this cluster's connection string and a
+        // channel to see what it read.
+        let mut readers = pgcdc_reader::client::auto_configure(&conninfo, &["public.*"])?;
+        let users = readers.get_mut("public.users").unwrap();
+        while let Some(batch) = users.next() {
+            let batch = batch?; // typed Arrow: one table, commit order
+            users.ack(pgcdc_reader::changes::max_commit_lsn(&batch).unwrap());
+            sender.send(batch)?;
+        }
+        Ok(())
+    });
+    eventually("the example to configure the stream", || {
+        client.query("SELECT 1 FROM pgcdc.streams WHERE slot_name = 'pgcdc'", &[]).is_ok_and(|r| !r.is_empty())
+    });
+    // A transaction larger than a batch, then a small one.
+    client.batch_execute("INSERT INTO users SELECT g, 'user ' || g FROM generate_series(1, 100000) g").unwrap();
+    client.batch_execute("INSERT INTO users VALUES (100001, 'last')").unwrap();
+    let written = pg_test::e2e::current_lsn(&mut client);
+    let mut batches = Vec::new();
+    while row_count(&batches) < 100_001 {
+        match received.recv_timeout(WAIT) {
+            Ok(batch) => batches.push(batch),
+            Err(e) => panic!("after {} rows: {e}; the example ended with {:?}", row_count(&batches), example.join()),
+        }
+    }
+    assert_ids(&all_ints(&batches, "id"), 1..=100_001, "every row, once, in order");
+    eventually("the slot to confirm what the example acknowledged", || confirmed(&mut client, "pgcdc") >= written);
+}

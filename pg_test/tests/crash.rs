@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const ROUNDS: usize = 24;
+const ROUNDS: usize = 36;
 
 /// A consumer process, killed if the test fails.
 struct Consumer {
@@ -144,7 +144,7 @@ fn every_committed_change_arrives_exactly_once_through_repeated_crashes() {
         let outputs: Vec<(String, PathBuf)> = consumers.iter().map(|(s, c)| (s.to_string(), c.output.clone())).collect();
         std::thread::spawn(move || {
             while running.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_secs(1));
+                std::thread::sleep(Duration::from_millis(300));
                 let Ok(mut c) = postgres::Client::connect(&conninfo, postgres::NoTls) else { continue };
                 for (slot, output) in &outputs {
                     let Ok(row) = c.query_one(
@@ -179,7 +179,7 @@ fn every_committed_change_arrives_exactly_once_through_repeated_crashes() {
                 if let Some(pid) = worker_pid(&mut client, if round % 24 == 3 { "tables" } else { "merged" }) {
                     sigkill(pid);
                     worker_kills += 1;
-                    std::thread::sleep(Duration::from_secs(1));
+                    std::thread::sleep(Duration::from_millis(300));
                     client = reconnect(&conninfo);
                 }
             }

@@ -74,3 +74,27 @@ fn two_clusters_sharing_a_ring_directory_keep_their_own_rings() {
         assert_eq!(all_ints(&consume_acking(reader, 1, QUIET), "id"), [1000 + i as i64], "cluster {i} goes on alone");
     }
 }
+
+#[test]
+fn a_ring_of_another_history_is_replaced_and_its_readers_move_to_the_new_one() {
+    let cluster = Cluster::start();
+    let mut client = cluster.database_with_pgcdc("history");
+    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    let routes = configure(&mut client, "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'history')");
+    let path = routes[0].1.clone();
+    // As after a restore of an older backup: the consumer acknowledged far
+    // beyond the end of this server's WAL.
+    let far = 1 << 60;
+    let mut old = pgcdc_reader::ring::RingReader::attach(pgcdc_reader::ring::file::open(&path).unwrap(), "default").unwrap();
+    old.ack_through(pgcdc_reader::Position::end_of(far), far);
+    let mut reader = ChangeReader::open(&path, "default").unwrap();
+    assert_eq!(reader.position(), pgcdc_reader::Position::end_of(far));
+
+    // The worker, restarting, replaces the ring; the reader follows.
+    let conninfo = cluster.conninfo("history");
+    let mut client = crash_server(&mut client, &conninfo);
+    client.batch_execute("INSERT INTO t VALUES (1)").unwrap();
+    let got = all_ints(&consume_acking(&mut reader, 1, WAIT), "id");
+    assert_eq!(got, [1], "the new row, in the new ring\n{}", cluster.log());
+    assert!(cluster.log().contains("replacing ring"), "the server log says why");
+}

@@ -196,30 +196,38 @@ fn auto_configure_creates_everything_once_and_follows_pattern_changes() {
         .unwrap();
     // The worker cdc_auto_configure started streams them into their rings;
     // a partition's rows reach its root's ring.
-    let ring = |table: &str| cluster.ring_directory().join(format!("configure/cdc/public.{table}.ring"));
+    let mut routes = cluster.connect_to("configure");
+    let mut ring = |table: &str| -> Option<std::path::PathBuf> {
+        let row = routes
+            .query_opt("SELECT ring_path FROM cdc_routes('cdc') WHERE schema_name = 'public' AND table_name = $1", &[&table])
+            .unwrap()?;
+        let path: String = row.get(0);
+        assert!(path.starts_with(&cluster.ring_directory().display().to_string()), "{path}");
+        Some(path.into())
+    };
     let wait = std::time::Duration::from_secs(30);
-    let mut users = ChangeReader::open_waiting(&ring("users"), "default", wait).unwrap();
+    let mut users = ChangeReader::open_waiting(&ring("users").unwrap(), "default", wait).unwrap();
     let batch = users.next_batch(wait).unwrap().unwrap_or_else(|| panic!("the users insert\n{}", cluster.log()));
     assert_eq!(batch.schema().metadata()[contract::META_TABLE], "users");
     assert_eq!(ints(&batch, "id"), [Some(1)]);
-    let mut events = ChangeReader::open_waiting(&ring("events"), "default", wait).unwrap();
+    let mut events = ChangeReader::open_waiting(&ring("events").unwrap(), "default", wait).unwrap();
     let batch = events.next_batch(wait).unwrap().expect("the partition's insert");
     assert_eq!(batch.schema().metadata()[contract::META_TABLE], "events");
     assert_eq!(ints(&batch, "id"), [Some(7)]);
-    assert!(!ring("user_abc").exists(), "excluded tables have no ring");
+    assert!(ring("user_abc").is_none(), "excluded tables have no route");
 
     // A changed pattern list updates the publication and the catalog.
     let narrowed = rows(
         &mut client,
-        "SELECT schema_name, table_name, route FROM cdc_auto_configure('public.user*', slot_name => 'cdc', route_by_table => false)",
+        "SELECT schema_name, table_name, route FROM cdc_auto_configure('public.user*', slot_name => 'cdc')",
     );
     assert_eq!(
         narrowed,
         [
-            ["public", "user_001", "cdc"],
-            ["public", "user_002", "cdc"],
-            ["public", "user_abc", "cdc"],
-            ["public", "users", "cdc"]
+            ["public", "user_001", "public.user_001"],
+            ["public", "user_002", "public.user_002"],
+            ["public", "user_abc", "public.user_abc"],
+            ["public", "users", "public.users"]
         ]
         .map(|r| r.map(String::from).to_vec())
     );
@@ -230,9 +238,18 @@ fn auto_configure_creates_everything_once_and_follows_pattern_changes() {
     assert_eq!(rows(&mut client, "SELECT pubviaroot FROM pg_publication WHERE pubname = 'cdc'"), [["f"]]);
     assert_eq!(
         rows(&mut client, "SELECT patterns::text, route_by_table FROM pgcdc.streams"),
-        [["{public.user*}", "f"]]
+        [["{public.user*}", "t"]]
     );
-    assert_eq!(rows(&mut client, "SELECT count(*), min(route) FROM pgcdc.routes"), [["4", "cdc"]]);
+    assert_eq!(rows(&mut client, "SELECT count(*), min(route) FROM pgcdc.routes"), [["4", "public.user_001"]]);
+
+    // The routing is the stream's for good: another one is refused, with
+    // the remedy.
+    let (message, hint) = error_of(
+        &mut client,
+        "SELECT * FROM cdc_auto_configure('public.user*', slot_name => 'cdc', route_by_table => false)",
+    );
+    assert_eq!(message, "stream \"cdc\" has route_by_table = true; it cannot change to false");
+    assert!(hint.unwrap().contains("cdc_drop('cdc')"));
 
     // cdc_drop removes the slot, the publication and the catalog rows.
     if let Err(e) = client.batch_execute("SELECT cdc_drop('cdc')") {
@@ -305,15 +322,17 @@ fn configuration_errors_are_clear() {
         r#"SELECT * FROM cdc_auto_configure('"My Schema".*', slot_name => 'odd_slot', publication_name => 'Odd "pub"')"#,
     );
     let rings: Vec<String> = routes.iter().map(|r| r[3].clone()).collect();
-    let dir = cluster.ring_directory().display().to_string();
-    assert_eq!(
-        rings,
-        [
-            format!("{dir}/errors/odd_slot/My%20Schema.Odd.Name.ring"),
-            format!("{dir}/errors/odd_slot/My%20Schema.%C3%BCn%C3%AF.ring")
-        ],
-        "ring files under pgcdc.ring_directory, names percent-encoded"
+    let stream = rows(
+        &mut client,
+        "SELECT system_identifier::text, (SELECT oid::text FROM pg_database WHERE datname = current_database()),
+                (SELECT string_agg(c.oid::text, ',' ORDER BY c.relname) FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'My Schema' AND c.relkind = 'r')
+         FROM pg_control_system()",
     );
+    let [system, database, tables] = &stream[0][..] else { panic!("{stream:?}") };
+    let dir = format!("{}/{system}/{database}/odd_slot", cluster.ring_directory().display());
+    let expected: Vec<String> = tables.split(',').map(|relid| format!("{dir}/{relid}.ring")).collect();
+    assert_eq!(rings, expected, "ring files under pgcdc.ring_directory, by cluster, database, slot and table OID");
     let routes: Vec<Vec<String>> = routes.into_iter().map(|r| r[..3].to_vec()).collect();
     assert_eq!(
         routes,

@@ -260,7 +260,7 @@ impl ChangeReader {
     /// not acknowledged is gone with the old ring.
     fn reopen(&mut self) -> Result<(), ReadError> {
         let path = self.path.clone().expect("opened by path");
-        let fresh = ChangeReader::open(&path, &self.consumer)?;
+        let fresh = ChangeReader::open_waiting(&path, &self.consumer, Duration::from_secs(30))?;
         *self = fresh;
         Ok(())
     }

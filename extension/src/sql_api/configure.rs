@@ -72,11 +72,11 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
             return Err(SqlError::SlotElsewhere { slot: request.slot.clone(), database });
         }
     }
-    check_shape(&request)?;
     let checks = config::checks(if slot_plugin.is_some() { 0 } else { 1 })?;
     if let Some(report) = config::report(&checks) {
         return Err(SqlError::NotConfigured(report));
     }
+    check_shape(&request)?;
     if let Some(role) = &request.grant_to {
         let exists: Option<bool> =
             lookup::optional("SELECT true FROM pg_roles WHERE rolname = $1", &[role.as_str().into()])?;

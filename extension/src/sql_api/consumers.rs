@@ -53,11 +53,15 @@ pub fn register(slot: &str, name: &str) -> Result<bool, SqlError> {
 /// Drops consumer `name` of stream `slot`; what it held is released when
 /// the transaction commits.
 pub fn drop(slot: &str, name: &str) -> Result<(), SqlError> {
-    let removed: Option<bool> = lookup::optional(
-        "DELETE FROM pgcdc.consumers WHERE slot_name = $1 AND consumer_name = $2 RETURNING true",
-        &[slot.into(), name.into()],
-    )?;
-    if removed.is_none() {
+    let removed = pgrx::spi::Spi::connect_mut(|client| {
+        let deleted = client.update(
+            "DELETE FROM pgcdc.consumers WHERE slot_name = $1 AND consumer_name = $2 RETURNING true",
+            None,
+            &[slot.into(), name.into()],
+        )?;
+        Ok::<_, SqlError>(!deleted.is_empty())
+    })?;
+    if !removed {
         return Err(SqlError::NoSuchConsumer { slot: slot.to_owned(), name: name.to_owned() });
     }
     let dir = worker::stream_dir(slot);

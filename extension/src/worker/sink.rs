@@ -104,20 +104,27 @@ impl Sink {
             }
         }
         registry.set(&names)?;
+        // A consumer registered from now on is added to the rings by
+        // whoever registers it.
+        drop(registry);
         // SAFETY: reads the flush position from shared memory.
         let wal_end = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
         for path in file::rings_in(dir)? {
-            let ring = file::open(&path)?;
+            let mut ring = file::open(&path)?;
+            let Some(key) = sink.key_of(&ring, &path) else { continue };
             if let Some(why) = sink.foreign(&ring, wal_end) {
+                // A new ring in its place, which readers of the old one
+                // (told it is retired) open instead.
                 pgrx::log!("pgcdc worker: replacing ring {}: {why}", path.display());
-                RingWriter::new(ring).retire();
+                let route = ring.identity().route;
                 std::fs::remove_file(&path).map_err(|source| RingError::Io { path: path.display().to_string(), source })?;
-                continue;
+                let (_, fresh) = open_ring(dir, key, &route, &sink.settings)?;
+                RingWriter::new(ring).retire();
+                ring = fresh;
             }
             for name in &names {
                 ring.register(name, Start::Now)?;
             }
-            let Some(key) = sink.key_of(&ring, &path) else { continue };
             sink.routes.insert(key, Route::new(RingWriter::new(ring), path));
         }
         sink.adopt_spills()?;
