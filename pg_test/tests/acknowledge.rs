@@ -144,3 +144,24 @@ fn the_readme_example_runs_as_written() {
     assert_ids(&all_ints(&batches, "id"), 1..=100_001, "every row, once, in order");
     eventually("the slot to confirm what the example acknowledged", || confirmed(&mut client, "pgcdc") >= written);
 }
+
+#[test]
+fn the_worker_saves_the_slot_so_a_crash_resends_little() {
+    let cluster = Cluster::start();
+    let mut client = cluster.database_with_pgcdc("saved");
+    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    let routes = configure(&mut client, "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'saved')");
+    let mut reader = ChangeReader::open_waiting(&routes[0].1, "default", WAIT).unwrap();
+    client.batch_execute("INSERT INTO t SELECT generate_series(1, 1000)").unwrap();
+    let batches = consume_acking(&mut reader, 1000, QUIET);
+    let commit = max_commit_lsn(batches.last().unwrap()).unwrap();
+    eventually("the slot to confirm the acknowledged commit", || confirmed(&mut client, "saved") >= commit);
+    // PostgreSQL writes a logical slot to disk only when its restart point
+    // moves; the worker also saves it within a second of a confirmation.
+    std::thread::sleep(Duration::from_secs(2));
+    let conninfo = cluster.conninfo("saved");
+    let mut client = crash_server(&mut client, &conninfo);
+    assert!(confirmed(&mut client, "saved") >= commit, "after the crash the slot resumes past what was acknowledged");
+    client.batch_execute("INSERT INTO t VALUES (1001)").unwrap();
+    assert_eq!(all_ints(&consume_acking(&mut reader, 1, WAIT), "id"), [1001]);
+}
