@@ -149,19 +149,37 @@ fn the_readme_example_runs_as_written() {
 fn the_worker_saves_the_slot_so_a_crash_resends_little() {
     let cluster = Cluster::start();
     let mut client = cluster.database_with_pgcdc("saved");
-    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE other (id int)").unwrap();
     let routes = configure(&mut client, "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'saved')");
     let mut reader = ChangeReader::open_waiting(&routes[0].1, "default", WAIT).unwrap();
-    client.batch_execute("INSERT INTO t SELECT generate_series(1, 1000)").unwrap();
-    let batches = consume_acking(&mut reader, 1000, QUIET);
+    // A transaction left open keeps the slot's restart point where it is
+    // once it reached it: PostgreSQL then has no reason of its own to save
+    // the slot.
+    let mut open = cluster.connect_to("saved");
+    open.batch_execute("BEGIN; INSERT INTO other VALUES (1)").unwrap();
+    for chunk in 0..2 {
+        client.batch_execute(&format!("INSERT INTO t SELECT generate_series({}, {})", chunk * 300 + 1, chunk * 300 + 300)).unwrap();
+        consume_acking(&mut reader, 300, QUIET);
+        client.batch_execute("CHECKPOINT").unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Now nothing moves the restart point (the next snapshot of running
+    // transactions comes in 15 s): only the worker saves the slot.
+    client.batch_execute("INSERT INTO t SELECT generate_series(601, 1000)").unwrap();
+    let batches = consume_acking(&mut reader, 400, QUIET);
     let commit = max_commit_lsn(batches.last().unwrap()).unwrap();
     eventually("the slot to confirm the acknowledged commit", || confirmed(&mut client, "saved") >= commit);
     // PostgreSQL writes a logical slot to disk only when its restart point
     // moves; the worker also saves it within a second of a confirmation.
     std::thread::sleep(Duration::from_secs(2));
+    let written = |path: &std::path::Path| pgcdc_reader::ring::file::open(path).unwrap().status().write_pos;
+    let before = written(&routes[0].1);
     let conninfo = cluster.conninfo("saved");
     let mut client = crash_server(&mut client, &conninfo);
-    assert!(confirmed(&mut client, "saved") >= commit, "after the crash the slot resumes past what was acknowledged");
+    eventually("the worker to run again", || pg_test::e2e::worker_pid(&mut client, "saved").is_some());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(written(&routes[0].1), before, "after the crash the worker sent nothing again");
+    assert!(confirmed(&mut client, "saved") >= commit);
     client.batch_execute("INSERT INTO t VALUES (1001)").unwrap();
     assert_eq!(all_ints(&consume_acking(&mut reader, 1, WAIT), "id"), [1001]);
 }
