@@ -24,7 +24,9 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 pub fn configure(client: &mut Client, sql: &str) -> Vec<(String, PathBuf)> {
     client
         .query(sql, &[])
-        .unwrap_or_else(|e| panic!("{sql}: {}", e.as_db_error().map_or(e.to_string(), |d| format!("{}: {:?}", d.message(), d.hint()))))
+        .unwrap_or_else(|e| {
+            panic!("{sql}: {}", e.as_db_error().map_or(e.to_string(), |d| format!("{}: {:?}", d.message(), d.hint())))
+        })
         .iter()
         .map(|r| (r.get::<_, String>("route"), PathBuf::from(r.get::<_, String>("ring_path"))))
         .collect()

@@ -2,7 +2,9 @@
 //! (`reader.ack(max_commit_lsn(&batch))` after each batch) never skips a
 //! row, whatever the batches cut, whatever restarts.
 
-use pg_test::e2e::{all_ints, assert_ids, configure, confirmed, consume_acking, crash_server, eventually, row_count, WAIT};
+use pg_test::e2e::{
+    all_ints, assert_ids, configure, confirmed, consume_acking, crash_server, eventually, row_count, WAIT,
+};
 use pg_test::{Cluster, Settings};
 use pgcdc_reader::changes::max_commit_lsn;
 use pgcdc_reader::client::{self, auto_configure_with};
@@ -158,7 +160,9 @@ fn the_worker_saves_the_slot_so_a_crash_resends_little() {
     let mut open = cluster.connect_to("saved");
     open.batch_execute("BEGIN; INSERT INTO other VALUES (1)").unwrap();
     for chunk in 0..2 {
-        client.batch_execute(&format!("INSERT INTO t SELECT generate_series({}, {})", chunk * 300 + 1, chunk * 300 + 300)).unwrap();
+        client
+            .batch_execute(&format!("INSERT INTO t SELECT generate_series({}, {})", chunk * 300 + 1, chunk * 300 + 300))
+            .unwrap();
         consume_acking(&mut reader, 300, QUIET);
         client.batch_execute("CHECKPOINT").unwrap();
         std::thread::sleep(Duration::from_secs(1));

@@ -27,7 +27,8 @@ fn each_consumer_holds_back_only_its_own_position_until_it_is_dropped() {
     let cluster = Cluster::start();
     let mut client = cluster.database_with_pgcdc("named");
     client.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
-    let routes = configure(&mut client, "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'named', consumer => 'app')");
+    let routes =
+        configure(&mut client, "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'named', consumer => 'app')");
     let ring = routes[0].1.clone();
 
     // Only registered names attach.

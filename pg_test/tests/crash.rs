@@ -62,7 +62,8 @@ fn recorded(output: &Path) -> Vec<(u64, u64, String, i64)> {
         .filter(|l| !l.starts_with('@'))
         .filter_map(|l| {
             let p: Vec<&str> = l.split(' ').collect();
-            (p.len() == 4).then(|| Some((p[0].parse().ok()?, p[1].parse().ok()?, p[2].to_owned(), p[3].parse().ok()?)))?
+            (p.len() == 4)
+                .then(|| Some((p[0].parse().ok()?, p[1].parse().ok()?, p[2].to_owned(), p[3].parse().ok()?)))?
         })
         .collect()
 }
@@ -115,14 +116,17 @@ fn transaction(client: &mut Client, round: usize, next: &mut [i64; 2]) -> Result
 fn every_committed_change_arrives_exactly_once_through_repeated_crashes() {
     let cluster = Cluster::start_with(Settings::default().with("pgcdc.ring_size", "1"));
     let mut client = cluster.database_with_pgcdc("crash");
-    client.batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text)").unwrap();
+    client
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, v text)")
+        .unwrap();
     let rings = |client: &mut Client, sql: &str| -> Vec<PathBuf> {
         let mut paths: Vec<PathBuf> =
             client.query(sql, &[]).unwrap().iter().map(|r| PathBuf::from(r.get::<_, String>("ring_path"))).collect();
         paths.dedup();
         paths
     };
-    let per_table = rings(&mut client, "SELECT * FROM cdc_auto_configure(ARRAY['public.a', 'public.b'], slot_name => 'tables')");
+    let per_table =
+        rings(&mut client, "SELECT * FROM cdc_auto_configure(ARRAY['public.a', 'public.b'], slot_name => 'tables')");
     let one = rings(
         &mut client,
         "SELECT * FROM cdc_auto_configure(ARRAY['public.a', 'public.b'], slot_name => 'merged', route_by_table => false)",
@@ -141,7 +145,8 @@ fn every_committed_change_arrives_exactly_once_through_repeated_crashes() {
     let samples: Arc<Mutex<Vec<(String, u64, usize)>>> = Arc::default();
     let sampler = {
         let (running, samples, conninfo) = (running.clone(), samples.clone(), conninfo.clone());
-        let outputs: Vec<(String, PathBuf)> = consumers.iter().map(|(s, c)| (s.to_string(), c.output.clone())).collect();
+        let outputs: Vec<(String, PathBuf)> =
+            consumers.iter().map(|(s, c)| (s.to_string(), c.output.clone())).collect();
         std::thread::spawn(move || {
             while running.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(300));
@@ -190,15 +195,28 @@ fn every_committed_change_arrives_exactly_once_through_repeated_crashes() {
             _ => {}
         }
     }
-    assert!(consumer_kills >= 4 && worker_kills >= 1 && backend_kills >= 3, "{consumer_kills} {worker_kills} {backend_kills}");
+    assert!(
+        consumer_kills >= 4 && worker_kills >= 1 && backend_kills >= 3,
+        "{consumer_kills} {worker_kills} {backend_kills}"
+    );
     assert!(cluster.log().contains("terminating any other active server processes"), "the server restarted");
 
     let mut client = reconnect(&conninfo);
     let committed = |table: &str, client: &mut Client| -> Vec<i64> {
-        client.query(&format!("SELECT id::int8 FROM {table} ORDER BY id"), &[]).unwrap().iter().map(|r| r.get(0)).collect()
+        client
+            .query(&format!("SELECT id::int8 FROM {table} ORDER BY id"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
     };
     let (a, b) = (committed("a", &mut client), committed("b", &mut client));
-    assert!(a.len() > 150_000 && b.len() > 10, "{} and {} rows committed ({failed} transactions failed)", a.len(), b.len());
+    assert!(
+        a.len() > 150_000 && b.len() > 10,
+        "{} and {} rows committed ({failed} transactions failed)",
+        a.len(),
+        b.len()
+    );
     let deadline = Instant::now() + Duration::from_secs(300);
     for (_, consumer) in &consumers {
         while recorded(&consumer.output).len() < a.len() + b.len() && Instant::now() < deadline {
@@ -216,7 +234,11 @@ fn every_committed_change_arrives_exactly_once_through_repeated_crashes() {
         assert_eq!(unique.len(), keys.len(), "{slot}: no row twice");
         for (table, ids) in [("a", &a), ("b", &b)] {
             let got: Vec<i64> = rows.iter().filter(|r| r.2 == table).map(|r| r.3).collect();
-            pg_test::e2e::assert_ids(&got, ids.iter().copied(), &format!("{slot}: every committed row of {table}, in order"));
+            pg_test::e2e::assert_ids(
+                &got,
+                ids.iter().copied(),
+                &format!("{slot}: every committed row of {table}, in order"),
+            );
         }
         assert!(rows.windows(2).all(|w| (w[0].0, w[0].1) <= (w[1].0, w[1].1)), "{slot}: commit and LSN order");
 

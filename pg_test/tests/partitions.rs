@@ -10,9 +10,12 @@ use pgcdc_reader::ChangeReader;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// Every (op, id, balance, old id) per partition: until at least `done`
+/// (op, id, balance, old id) of a change.
+type Change = (String, i64, Option<i64>, Option<i64>);
+
+/// Every change per partition: until at least `done`
 /// rows came, and then until nothing more arrives for a second.
-fn read_partitions(paths: &[std::path::PathBuf], done: usize) -> Vec<Vec<(String, i64, Option<i64>, Option<i64>)>> {
+fn read_partitions(paths: &[std::path::PathBuf], done: usize) -> Vec<Vec<Change>> {
     let mut readers: Vec<ChangeReader> =
         paths.iter().map(|p| ChangeReader::open_waiting(p, "default", WAIT).unwrap()).collect();
     let mut parts = vec![Vec::new(); paths.len()];
@@ -41,7 +44,9 @@ fn a_full_identity_tables_keys_keep_their_whole_history_in_one_partition() {
     let cluster = Cluster::start();
     let mut client = cluster.database_with_pgcdc("full");
     client
-        .batch_execute("CREATE TABLE accounts (id int PRIMARY KEY, balance int); ALTER TABLE accounts REPLICA IDENTITY FULL")
+        .batch_execute(
+            "CREATE TABLE accounts (id int PRIMARY KEY, balance int); ALTER TABLE accounts REPLICA IDENTITY FULL",
+        )
         .unwrap();
     let routes = configure(
         &mut client,

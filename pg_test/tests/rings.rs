@@ -57,7 +57,8 @@ fn a_larger_ring_size_setting_does_not_break_existing_rings() {
 fn two_clusters_sharing_a_ring_directory_keep_their_own_rings() {
     let first = Cluster::start();
     let shared = first.ring_directory();
-    let second = Cluster::start_with(Settings::default().with("pgcdc.ring_directory", &format!("'{}'", shared.display())));
+    let second =
+        Cluster::start_with(Settings::default().with("pgcdc.ring_directory", &format!("'{}'", shared.display())));
     let mut readers = Vec::new();
     for (cluster, rows) in [(&first, 300), (&second, 5)] {
         let mut client = cluster.database_with_pgcdc("app");
@@ -85,7 +86,8 @@ fn a_ring_of_another_history_is_replaced_and_its_readers_move_to_the_new_one() {
     // As after a restore of an older backup: the consumer acknowledged far
     // beyond the end of this server's WAL.
     let far = 1 << 60;
-    let mut old = pgcdc_reader::ring::RingReader::attach(pgcdc_reader::ring::file::open(&path).unwrap(), "default").unwrap();
+    let mut old =
+        pgcdc_reader::ring::RingReader::attach(pgcdc_reader::ring::file::open(&path).unwrap(), "default").unwrap();
     old.ack_through(pgcdc_reader::Position::end_of(far), far);
     let mut reader = ChangeReader::open(&path, "default").unwrap();
     assert_eq!(reader.position(), pgcdc_reader::Position::end_of(far));

@@ -199,7 +199,10 @@ fn auto_configure_creates_everything_once_and_follows_pattern_changes() {
     let mut routes = cluster.connect_to("configure");
     let mut ring = |table: &str| -> Option<std::path::PathBuf> {
         let row = routes
-            .query_opt("SELECT ring_path FROM cdc_routes('cdc') WHERE schema_name = 'public' AND table_name = $1", &[&table])
+            .query_opt(
+                "SELECT ring_path FROM cdc_routes('cdc') WHERE schema_name = 'public' AND table_name = $1",
+                &[&table],
+            )
             .unwrap()?;
         let path: String = row.get(0);
         assert!(path.starts_with(&cluster.ring_directory().display().to_string()), "{path}");

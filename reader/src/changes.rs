@@ -135,7 +135,8 @@ impl Span {
     /// Drops the first `rows` rows (fewer than all).
     fn advance(&mut self, rows: usize) {
         let first = self.position(rows);
-        let prev = if self.commit(rows) > self.commit(rows - 1) { self.commit(rows - 1) } else { self.complete_after(rows) };
+        let prev =
+            if self.commit(rows) > self.commit(rows - 1) { self.commit(rows - 1) } else { self.complete_after(rows) };
         self.prev = prev;
         self.first = first;
         self.commits = self.commits.slice(rows, self.len() - rows);
@@ -309,7 +310,11 @@ impl ChangeReader {
             let first = if commits.value(0) == next.commit_lsn {
                 next
             } else if rows == 0 {
-                return Err(ReadError::Positions(format!("the first row commits at {}, the header says {}", commits.value(0), meta.first)));
+                return Err(ReadError::Positions(format!(
+                    "the first row commits at {}, the header says {}",
+                    commits.value(0),
+                    meta.first
+                )));
             } else {
                 Position::new(commits.value(0), 1)
             };

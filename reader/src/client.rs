@@ -77,7 +77,14 @@ pub fn configure(conninfo: &str, config: &Config) -> Result<Vec<Route>, ClientEr
         "SELECT schema_name, table_name, route, ring_path
          FROM cdc_auto_configure($1::text[], exclude => $2::text[], slot_name => $3, route_by_table => $4,
                                  partitions => $5, consumer => $6)",
-        &[&config.patterns, &config.exclude, &config.slot, &config.route_by_table, &config.partitions, &config.consumer],
+        &[
+            &config.patterns,
+            &config.exclude,
+            &config.slot,
+            &config.route_by_table,
+            &config.partitions,
+            &config.consumer,
+        ],
     )?;
     Ok(rows
         .iter()

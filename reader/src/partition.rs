@@ -122,7 +122,9 @@ pub fn split_changes(batch: &RecordBatch, key: &[String], n: usize) -> Result<Ve
     let sources: Vec<&RecordBatch> = std::iter::once(batch).chain(deletes.as_ref()).collect();
     rows.into_iter()
         .map(|indices| {
-            (!indices.is_empty()).then(|| arrow_select::interleave::interleave_record_batch(&sources, &indices)).transpose()
+            (!indices.is_empty())
+                .then(|| arrow_select::interleave::interleave_record_batch(&sources, &indices))
+                .transpose()
         })
         .collect()
 }
@@ -190,13 +192,11 @@ fn old_row_entries_map(column: &ArrayRef) -> arrow_array::MapArray {
     };
     let names = match map.data_type() {
         arrow_schema::DataType::Map(field, _) => match field.data_type() {
-            arrow_schema::DataType::Struct(fields) => {
-                arrow_array::builder::MapFieldNames {
-                    entry: field.name().clone(),
-                    key: fields[0].name().clone(),
-                    value: fields[1].name().clone(),
-                }
-            }
+            arrow_schema::DataType::Struct(fields) => arrow_array::builder::MapFieldNames {
+                entry: field.name().clone(),
+                key: fields[0].name().clone(),
+                value: fields[1].name().clone(),
+            },
             _ => unreachable!("map entries are a struct"),
         },
         _ => unreachable!("_unmapped is a map"),
@@ -333,7 +333,8 @@ mod tests {
         let key = ["id".to_string()];
         let home = |id: i32| HashPartitioner::new(&key, 4).assign(&changes(&[("c", id, None)])).unwrap()[0];
         // Find a key that moves to another partition.
-        let (from, to) = (1..100).flat_map(|a| (1..100).map(move |b| (a, b))).find(|(a, b)| home(*a) != home(*b)).unwrap();
+        let (from, to) =
+            (1..100).flat_map(|a| (1..100).map(move |b| (a, b))).find(|(a, b)| home(*a) != home(*b)).unwrap();
         let stays = (1..100).find(|b| *b != from && home(*b) == home(from)).unwrap();
         let batch = changes(&[("c", from, None), ("u", to, Some(from)), ("u", stays, Some(to)), ("t", 0, None)]);
         let parts = split_changes(&batch, &key, 4).unwrap();
@@ -342,12 +343,18 @@ mod tests {
                 let ops = p.column_by_name(contract::OP).unwrap().as_dictionary::<Int8Type>().clone();
                 let values = ops.values().as_string::<i32>().clone();
                 let ids = p.column_by_name("id").unwrap().as_primitive::<arrow_array::types::Int32Type>().clone();
-                (0..p.num_rows()).map(|r| (values.value(ops.keys().value(r) as usize).to_owned(), ids.value(r))).collect()
+                (0..p.num_rows())
+                    .map(|r| (values.value(ops.keys().value(r) as usize).to_owned(), ids.value(r)))
+                    .collect()
             })
         };
         let (a, b) = (home(from), home(to));
         let truncate = ("t".to_owned(), 0);
-        assert_eq!(summary(a)[..2], [("c".to_owned(), from), ("d".to_owned(), from)], "the old key leaves its partition");
+        assert_eq!(
+            summary(a)[..2],
+            [("c".to_owned(), from), ("d".to_owned(), from)],
+            "the old key leaves its partition"
+        );
         assert!(summary(b).contains(&("u".to_owned(), to)), "the new key's update");
         assert!(summary(b).contains(&("d".to_owned(), to)) || home(stays) == b, "and, if it moves on, its delete");
         assert!((0..4).all(|k| summary(k).last() == Some(&truncate)), "TRUNCATE everywhere");

@@ -86,7 +86,11 @@ mod tests {
     #[test]
     fn positions_order_rows_and_round_trip_as_text() {
         let a = Position::new(0x1_0000_0010, 3);
-        assert!(Position::START < a && a < a.next_in_transaction() && a.next_in_transaction() < Position::end_of(a.commit_lsn));
+        assert!(
+            Position::START < a
+                && a < a.next_in_transaction()
+                && a.next_in_transaction() < Position::end_of(a.commit_lsn)
+        );
         assert!(Position::end_of(a.commit_lsn) < Position::new(a.commit_lsn + 1, 1));
         for p in [a, Position::START, Position::end_of(0xdead_beef_0000_0001)] {
             assert_eq!(p.to_string().parse::<Position>(), Ok(p));

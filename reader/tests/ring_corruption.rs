@@ -25,12 +25,18 @@ fn random_damage_is_an_error_or_a_frame_never_a_panic() {
     let geometry = Geometry::new(4096);
     {
         let consumers = ["default".to_string()];
-        let writer = RingWriter::new(file::open_or_create(&path, geometry, &Identity::default(), &consumers, None).unwrap());
+        let writer =
+            RingWriter::new(file::open_or_create(&path, geometry, &Identity::default(), &consumers, None).unwrap());
         writer.publish_schema(b"a schema").unwrap();
         let mut reader = RingReader::attach(file::open(&path).unwrap(), "default").unwrap();
         for lsn in 1..=60u64 {
             let payload: Vec<u8> = (0..(lsn * 13 % 300) as usize).map(|i| i as u8).collect();
-            let meta = FrameMeta { rows: 1, first: Position::new(lsn, 1), last: Position::new(lsn, 1), ends_transaction: true };
+            let meta = FrameMeta {
+                rows: 1,
+                first: Position::new(lsn, 1),
+                last: Position::new(lsn, 1),
+                ends_transaction: true,
+            };
             // Some frames are spilled to a file beside the ring.
             let (kind, payload) = if lsn % 10 == 0 {
                 std::fs::write(dir.join("big.spill"), &payload).unwrap();

@@ -19,11 +19,11 @@ use super::error::PluginError;
 use super::partition::Conversion;
 use super::publication::{Actions, Publications, Published};
 use crate::report::OrReport;
+use arrow_array::RecordBatch;
 use pgcdc_encode::batch::{ChangeBatchBuilder, ChangeSchema, Image, Row, RowMeta};
 use pgcdc_encode::column::PushError;
 use pgcdc_encode::ipc;
 use pgcdc_encode::options::Options;
-use arrow_array::RecordBatch;
 use pgcdc_reader::contract::Op;
 use pgrx::pg_sys;
 use std::collections::HashMap;
@@ -406,7 +406,8 @@ impl Decoder {
         // SAFETY: inside decoding, with an open relation.
         let plan = unsafe { RelationPlan::describe(relation, self.cache_context) };
         let schema = Arc::new(ChangeSchema::new(plan.spec.clone(), self.options.include_before));
-        let changed = self.targets.get(&relid).is_some_and(|old| old.batch.schema().fingerprint() != schema.fingerprint());
+        let changed =
+            self.targets.get(&relid).is_some_and(|old| old.batch.schema().fingerprint() != schema.fingerprint());
         if changed && self.targets.get(&relid).is_some_and(|old| !old.batch.is_empty()) {
             // The rows of the old schema go out first.
             // SAFETY: `ctx` is the live decoding context.

@@ -122,11 +122,20 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
             } else if partitions == 1 {
                 (format!("{}.{}", t.schema, t.name), RingKey::Table { relation: t.relid, partition, partitions })
             } else {
-                (format!("{}.{}#{partition}", t.schema, t.name), RingKey::Table { relation: t.relid, partition, partitions })
+                (
+                    format!("{}.{}#{partition}", t.schema, t.name),
+                    RingKey::Table { relation: t.relid, partition, partitions },
+                )
             };
             let ring_path = dir.join(key.file_name()).display().to_string();
-            let row =
-                Route { relid: t.relid, schema: t.schema.clone(), table: t.name.clone(), route, partition: partition as i32, ring_path };
+            let row = Route {
+                relid: t.relid,
+                schema: t.schema.clone(),
+                table: t.name.clone(),
+                route,
+                partition: partition as i32,
+                ring_path,
+            };
             (row, key)
         })
         .unzip();

@@ -71,6 +71,7 @@ fn cdc_check_config() -> TableIterator<
 
 /// Configures change data capture for the tables one pattern selects.
 #[pg_extern(name = "cdc_auto_configure")]
+#[allow(clippy::too_many_arguments)] // SQL's named arguments
 fn cdc_auto_configure_one(
     tables: &str,
     exclude: default!(Option<Vec<String>>, "NULL"),
@@ -230,7 +231,8 @@ fn cdc_consumers() -> TableIterator<
     ),
 > {
     let rows = status::consumers().or_report();
-    TableIterator::new(rows.into_iter().map(|c| {
-        (c.slot, c.route, c.name, c.pid, c.acknowledged_lsn, c.lag_bytes, c.idle_seconds, c.holds_back)
-    }))
+    TableIterator::new(
+        rows.into_iter()
+            .map(|c| (c.slot, c.route, c.name, c.pid, c.acknowledged_lsn, c.lag_bytes, c.idle_seconds, c.holds_back)),
+    )
 }

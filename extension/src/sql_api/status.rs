@@ -83,9 +83,17 @@ pub fn routes(slot: Option<&str>) -> Result<Vec<RouteRow>, SqlError> {
     Ok(rows)
 }
 
+/// A ring of a stream, as its route names it (None while it is missing).
+struct StreamRing {
+    slot: String,
+    route: String,
+    path: String,
+    ring: Option<Ring>,
+}
+
 /// Every ring of every stream, once (a merged route has one ring for
-/// several tables), with its stream and route name.
-fn rings() -> Result<Vec<(String, String, String, Option<Ring>)>, SqlError> {
+/// several tables).
+fn rings() -> Result<Vec<StreamRing>, SqlError> {
     let mut seen = BTreeMap::new();
     for route in routes(None)? {
         seen.entry(route.ring_path.clone()).or_insert((route.slot, route.route));
@@ -94,7 +102,7 @@ fn rings() -> Result<Vec<(String, String, String, Option<Ring>)>, SqlError> {
         .into_iter()
         .map(|(path, (slot, route))| {
             let ring = file::open(std::path::Path::new(&path)).ok();
-            (slot, route, path, ring)
+            StreamRing { slot, route, path, ring }
         })
         .collect())
 }
@@ -111,7 +119,7 @@ pub fn status() -> Result<Vec<RouteStatus>, SqlError> {
     })?;
     let now = now_ms();
     let mut out = Vec::new();
-    for (slot, route, ring_path, ring) in rings()? {
+    for StreamRing { slot, route, path: ring_path, ring } in rings()? {
         let ring = ring.map(|r| r.status());
         out.push(RouteStatus {
             worker_pid: worker_pids(&slot)?.first().copied(),
@@ -156,7 +164,7 @@ pub struct ConsumerRow {
 pub fn consumers() -> Result<Vec<ConsumerRow>, SqlError> {
     let now = now_ms();
     let mut out = Vec::new();
-    for (slot, route, _, ring) in rings()? {
+    for StreamRing { slot, route, ring, .. } in rings()? {
         let Some(ring) = ring else { continue };
         let status = ring.status();
         for c in &status.consumers {

@@ -117,7 +117,8 @@ impl Sink {
                 // (told it is retired) open instead.
                 pgrx::log!("pgcdc worker: replacing ring {}: {why}", path.display());
                 let route = ring.identity().route;
-                std::fs::remove_file(&path).map_err(|source| RingError::Io { path: path.display().to_string(), source })?;
+                std::fs::remove_file(&path)
+                    .map_err(|source| RingError::Io { path: path.display().to_string(), source })?;
                 let (_, fresh) = open_ring(dir, key, &route, &sink.settings)?;
                 RingWriter::new(ring).retire();
                 ring = fresh;
@@ -168,9 +169,7 @@ impl Sink {
         let identity = ring.identity();
         let key = match identity.relation {
             0 => RingKey::Merged,
-            relation => {
-                RingKey::Table { relation, partition: identity.partition, partitions: self.shape.partitions }
-            }
+            relation => RingKey::Table { relation, partition: identity.partition, partitions: self.shape.partitions },
         };
         let named = path.file_name().is_some_and(|n| n.to_string_lossy() == key.file_name());
         if !named {
@@ -182,7 +181,8 @@ impl Sink {
     /// Takes over the spill files a previous worker left: each is deleted
     /// once every consumer is past any frame that could name it.
     fn adopt_spills(&mut self) -> Result<(), RingError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|source| RingError::Io { path: self.dir.display().to_string(), source })?;
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|source| RingError::Io { path: self.dir.display().to_string(), source })?;
         for path in entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "spill")) {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let mut parts = name.split('.');
@@ -390,7 +390,8 @@ impl Route {
             let at = self.writer.ring().status().write_pos;
             let stem = self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let path = dir.join(format!("{stem}.{at}.spill"));
-            std::fs::write(&path, payload).map_err(|source| RingError::Io { path: path.display().to_string(), source })?;
+            std::fs::write(&path, payload)
+                .map_err(|source| RingError::Io { path: path.display().to_string(), source })?;
             spill = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             self.spills.push_back((at + 2 * geometry.capacity, path));
             (KIND_SPILL, spill.as_bytes())
@@ -423,7 +424,12 @@ impl Route {
 /// `display` for people) if there is none, with every consumer of the
 /// stream's registry registered: under the registry's lock, so that a
 /// consumer registered meanwhile is on it too.
-pub fn open_ring(dir: &Path, key: RingKey, display: &str, settings: &RingSettings) -> Result<(PathBuf, Ring), RingError> {
+pub fn open_ring(
+    dir: &Path,
+    key: RingKey,
+    display: &str,
+    settings: &RingSettings,
+) -> Result<(PathBuf, Ring), RingError> {
     let path = dir.join(key.file_name());
     let (relation, partition) = key.relation_and_partition();
     let identity = Identity { relation, partition, route: display.to_owned(), ..settings.identity.clone() };

@@ -158,13 +158,7 @@ fn create_at(
     consumers: &[String],
     group: Option<u32>,
 ) -> Result<(), RingError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
+    let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
     if let Some(gid) = group {
         std::os::unix::fs::fchown(&file, None, Some(gid)).map_err(io(path))?;
         // After fchown, and not at open: the server's umask would cut it.
@@ -182,11 +176,8 @@ pub fn rings_in(stream_dir: &Path) -> Result<Vec<PathBuf>, RingError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io(stream_dir)(e)),
     };
-    let mut rings: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "ring"))
-        .collect();
+    let mut rings: Vec<PathBuf> =
+        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "ring")).collect();
     rings.sort();
     Ok(rings)
 }
@@ -208,8 +199,14 @@ impl Registry {
     pub fn lock(stream_dir: &Path, group: Option<u32>) -> Result<Registry, RingError> {
         create_dirs(stream_dir, group)?;
         let path = stream_dir.join("consumers");
-        let file =
-            OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(&path).map_err(io(&path))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(&path))?;
         file.lock().map_err(io(&path))?;
         Ok(Registry { file, path })
     }

@@ -176,7 +176,12 @@ pub fn now_ms() -> u64 {
 impl Ring {
     /// Lays out a new ring in zeroed memory, owned by `identity`, with
     /// `consumers` registered at its beginning.
-    pub fn create(region: Region, geometry: Geometry, identity: &Identity, consumers: &[String]) -> Result<Ring, RingError> {
+    pub fn create(
+        region: Region,
+        geometry: Geometry,
+        identity: &Identity,
+        consumers: &[String],
+    ) -> Result<Ring, RingError> {
         geometry.validate(region.len()).map_err(RingError::Geometry)?;
         let r = &region;
         r.u32_at(OFF_VERSION).store(VERSION, Ordering::Relaxed);
@@ -310,7 +315,7 @@ impl Ring {
         let seq = r.u64_at(OFF_COMPLETE_SEQ);
         for _ in 0..10_000 {
             let before = seq.load(Ordering::Acquire);
-            if before % 2 == 0 {
+            if before.is_multiple_of(2) {
                 let commit = r.u64_at(OFF_COMPLETE_COMMIT).load(Ordering::Relaxed);
                 let lsn = r.u64_at(OFF_COMPLETE_LSN).load(Ordering::Relaxed);
                 fence(Ordering::Acquire);

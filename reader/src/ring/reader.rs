@@ -116,7 +116,10 @@ impl RingReader {
                 }
                 KIND_BATCH | KIND_SPILL => {
                     if meta.rows == 0 || meta.first > meta.last || meta.first.index == 0 {
-                        return Err(corrupt(format!("frame positions {}..{} for {} rows", meta.first, meta.last, meta.rows)));
+                        return Err(corrupt(format!(
+                            "frame positions {}..{} for {} rows",
+                            meta.first, meta.last, meta.rows
+                        )));
                     }
                     let bytes = r.read(at + FRAME_HEADER as usize, len as usize);
                     let payload = if kind == KIND_SPILL { self.read_spill(&bytes)? } else { bytes };

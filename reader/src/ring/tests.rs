@@ -433,7 +433,7 @@ fn concurrent_creators_share_one_ring_and_the_registry_serializes() {
         let mut reader = RingReader::attach(ring.clone(), "default").unwrap();
         assert_eq!(reader.try_next().unwrap().unwrap().payload, b"one", "every creator maps the same file");
     }
-    assert_eq!(file::rings_in(dir.path()).unwrap(), [path.clone()], "no temporary files left behind");
+    assert_eq!(file::rings_in(dir.path()).unwrap(), std::slice::from_ref(&path), "no temporary files left behind");
 
     let mut registry = file::Registry::lock(dir.path(), None).unwrap();
     assert!(registry.names().unwrap().is_empty());

@@ -76,7 +76,10 @@ impl RingWriter {
         }
         let mut write_pos = r.u64_at(OFF_WRITE_POS).load(Ordering::Relaxed);
         if write_pos.checked_add(2 * capacity).is_none() {
-            return Err(RingError::Corrupt { pos: write_pos, detail: "the write position is at the end of its range".into() });
+            return Err(RingError::Corrupt {
+                pos: write_pos,
+                detail: "the write position is at the end of its range".into(),
+            });
         }
         let mut free = capacity - (write_pos - self.ring.min_ack(write_pos));
         let offset = write_pos % capacity;
