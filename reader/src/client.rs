@@ -70,6 +70,18 @@ pub struct Route {
     pub ring_path: PathBuf,
 }
 
+impl Route {
+    /// A row of (schema_name, table_name, route, ring_path).
+    fn from_row(row: &postgres::Row) -> Route {
+        Route {
+            schema: row.get(0),
+            table: row.get(1),
+            route: row.get(2),
+            ring_path: PathBuf::from(row.get::<_, String>(3)),
+        }
+    }
+}
+
 /// Runs `cdc_auto_configure` and returns its routes.
 pub fn configure(conninfo: &str, config: &Config) -> Result<Vec<Route>, ClientError> {
     let mut client = Client::connect(conninfo, NoTls)?;
@@ -86,15 +98,7 @@ pub fn configure(conninfo: &str, config: &Config) -> Result<Vec<Route>, ClientEr
             &config.consumer,
         ],
     )?;
-    Ok(rows
-        .iter()
-        .map(|r| Route {
-            schema: r.get(0),
-            table: r.get(1),
-            route: r.get(2),
-            ring_path: PathBuf::from(r.get::<_, String>(3)),
-        })
-        .collect())
+    Ok(rows.iter().map(Route::from_row).collect())
 }
 
 /// Configures capture of the tables `patterns` select (DESIGN §5) and
@@ -146,15 +150,7 @@ pub fn routes<S: AsRef<str>>(conninfo: &str, slot: &str, patterns: &[S]) -> Resu
          ORDER BY r.route",
         &[&slot, &patterns],
     )?;
-    Ok(rows
-        .iter()
-        .map(|r| Route {
-            schema: r.get(0),
-            table: r.get(1),
-            route: r.get(2),
-            ring_path: PathBuf::from(r.get::<_, String>(3)),
-        })
-        .collect())
+    Ok(rows.iter().map(Route::from_row).collect())
 }
 
 /// Registers consumer `name` for stream `slot` (`cdc_register_consumer`):
