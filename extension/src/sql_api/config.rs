@@ -102,6 +102,26 @@ pub fn checks(new_slots: i64) -> Result<Vec<Check>, SqlError> {
         });
     }
 
+    if let Some(group) = gucs::ring_group() {
+        let member = pgcdc_reader::ring::file::group_id(&group).map(pgcdc_reader::ring::file::member_of);
+        let current = match member {
+            Ok(true) => format!("'{group}', which the server's OS user belongs to"),
+            Ok(false) => format!("'{group}', which the server's OS user does not belong to"),
+            Err(_) => format!("'{group}', which is no group of this host"),
+        };
+        checks.push(Check {
+            setting: "pgcdc.ring_group".into(),
+            current: current.clone(),
+            required: "a group the server's OS user belongs to".into(),
+            ok: member.unwrap_or(false),
+            fix: format!(
+                "as root: usermod -aG {group} <the server's OS user>, then restart PostgreSQL; or ALTER SYSTEM RESET pgcdc.ring_group"
+            ),
+            problem: format!("pgcdc.ring_group is {current}: the server cannot give its ring files to it"),
+            conf_line: None,
+        });
+    }
+
     let role = quote_identifier(&s.role);
     checks.push(Check {
         setting: "replication privilege".into(),

@@ -64,6 +64,17 @@ struct Stream {
 /// settings say, and this cluster's, timeline's and database's identity.
 pub fn ring_settings(slot: &str) -> Result<RingSettings, pgcdc_reader::ring::RingError> {
     let group = gucs::ring_group().map(|g| file::group_id(&g)).transpose()?;
+    if let (Some(gid), Some(name)) = (group, gucs::ring_group()) {
+        if !file::member_of(gid) {
+            return Err(pgcdc_reader::ring::RingError::Unsafe {
+                path: format!("pgcdc.ring_group = '{name}'"),
+                why: format!(
+                    "the server's OS user does not belong to group {name} (gid {gid}), so it cannot give ring files to it; \
+                     add it to the group and restart PostgreSQL, or reset pgcdc.ring_group"
+                ),
+            });
+        }
+    }
     // SAFETY: plain reads of this server's identity (shared memory, and a
     // global set when the process connected to its database).
     let (system_id, timeline, database) =
@@ -172,7 +183,15 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
         }
     }
 
-    let settings = ring_settings(slot).unwrap_or_else(|e| pgrx::error!("pgcdc worker: {e}"));
+    let settings = match ring_settings(slot) {
+        Ok(settings) => settings,
+        Err(e) => {
+            // Restarting would change nothing until the setting is fixed:
+            // stop (cdc_auto_configure starts the worker again).
+            pgrx::log!("pgcdc worker: stream \"{slot}\" stops: {e}");
+            return;
+        }
+    };
     let geometry = settings.geometry;
     let dir = stream_dir(slot);
     let sink = Sink::open(&dir, stream.shape, settings, &stream.consumers)

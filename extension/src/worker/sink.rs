@@ -110,7 +110,7 @@ impl Sink {
         // SAFETY: reads the flush position from shared memory.
         let wal_end = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
         for path in file::rings_in(dir)? {
-            let mut ring = file::open(&path)?;
+            let mut ring = file::open_own(&path, sink.settings.group)?;
             let Some(key) = sink.key_of(&ring, &path) else { continue };
             if let Some(why) = sink.foreign(&ring, wal_end) {
                 // A new ring in its place, which readers of the old one
@@ -154,7 +154,7 @@ impl Sink {
             if self.routes.values().any(|r| r.path == path) {
                 continue;
             }
-            let ring = file::open(&path)?;
+            let ring = file::open_own(&path, self.settings.group)?;
             let Some(key) = self.key_of(&ring, &path) else { continue };
             let route = Route::new(RingWriter::new(ring), path);
             route.writer.complete_through(self.flushed, u64::MAX);
@@ -244,7 +244,8 @@ impl Sink {
         let dir = self.dir.clone();
         if let [key] = keys[..] {
             let display = if self.shape.route_by_table { table } else { self.settings.identity.slot.clone() };
-            return Ok(self.route(key, &display)?.write(message, &display, &message.batch, bytes, &dir)?);
+            let group = self.settings.group;
+            return Ok(self.route(key, &display)?.write(message, &display, &message.batch, bytes, &dir, group)?);
         }
         let key_columns: Vec<String> = spec.partition_key.iter().map(|i| spec.columns[*i].name.clone()).collect();
         let parts = split_changes(&message.batch, &key_columns, keys.len())?;
@@ -253,7 +254,8 @@ impl Sink {
             let mut payload = Vec::new();
             ipc::write_stream(&part, &mut payload)?;
             let display = format!("{table}#{k}");
-            self.route(key, &display)?.write(message, &display, &part, &payload, &dir)?;
+            let group = self.settings.group;
+            self.route(key, &display)?.write(message, &display, &part, &payload, &dir, group)?;
         }
         Ok(())
     }
@@ -367,6 +369,7 @@ impl Route {
         batch: &RecordBatch,
         payload: &[u8],
         dir: &Path,
+        group: Option<u32>,
     ) -> Result<(), RingError> {
         if self.fingerprint != Some(message.schema.fingerprint()) {
             let mut schema = Vec::new();
@@ -390,8 +393,10 @@ impl Route {
             let at = self.writer.ring().status().write_pos;
             let stem = self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
             let path = dir.join(format!("{stem}.{at}.spill"));
-            std::fs::write(&path, payload)
-                .map_err(|source| RingError::Io { path: path.display().to_string(), source })?;
+            // A file of that name is of a frame a crash kept from being
+            // published (a published one moved the write position past it).
+            let _ = std::fs::remove_file(&path);
+            file::write_beside(&path, payload, group)?;
             spill = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             self.spills.push_back((at + 2 * geometry.capacity, path));
             (KIND_SPILL, spill.as_bytes())

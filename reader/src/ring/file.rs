@@ -20,7 +20,7 @@ use super::{Identity, Ring, RingError};
 use memmap2::MmapRaw;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The directory of one stream's rings.
@@ -93,28 +93,127 @@ pub fn group_id(name: &str) -> Result<u32, RingError> {
     Ok(group.gr_gid)
 }
 
+/// Whether this process belongs to group `gid` (so that it may give files
+/// to it).
+pub fn member_of(gid: u32) -> bool {
+    let mut groups = vec![0 as libc::gid_t; 4096];
+    // SAFETY: getgroups writes at most `len` ids into the buffer, and
+    // getegid has no preconditions.
+    let (count, egid) = unsafe { (libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr()), libc::getegid()) };
+    egid == gid || groups[..usize::try_from(count).unwrap_or(0)].contains(&gid)
+}
+
 fn unsafe_zeroed_group() -> libc::group {
     // SAFETY: libc::group is a plain C struct of pointers and integers, for
     // which all-zero bytes are a valid (empty) value.
     unsafe { std::mem::zeroed() }
 }
 
-/// Opens an existing ring file.
+/// Opens an existing ring file (never through a symbolic link).
 pub fn open(path: &Path) -> Result<Ring, RingError> {
-    let file = OpenOptions::new().read(true).write(true).open(path).map_err(io(path))?;
-    let ring = Ring::open(Region::map(MmapRaw::map_raw(&file).map_err(io(path))?))?;
+    map(path, &open_file(path)?)
+}
+
+fn open_file(path: &Path) -> Result<File, RingError> {
+    OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io(path))
+}
+
+fn map(path: &Path, file: &File) -> Result<Ring, RingError> {
+    let ring = Ring::open(Region::map(MmapRaw::map_raw(file).map_err(io(path))?))?;
     Ok(match path.parent() {
         Some(dir) => ring.with_dir(dir.to_owned()),
         None => ring,
     })
 }
 
-/// Creates the directories down to `dir`: mode 0700, or 0750 when a group
-/// may read the rings.
+/// Opens a ring file of this process's own (the server's): a regular file
+/// it owns, writable by nobody else (but the ring group, when there is
+/// one), so that no other user can have put it there.
+pub fn open_own(path: &Path, group: Option<u32>) -> Result<Ring, RingError> {
+    let file = open_file(path)?;
+    check_own(path, &file.metadata().map_err(io(path))?, group)?;
+    map(path, &file)
+}
+
+/// The effective user id of this process.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn unsafe_path(path: &Path, why: String) -> RingError {
+    RingError::Unsafe { path: path.display().to_string(), why }
+}
+
+/// A file or directory this process made: its own, and writable by nobody
+/// else (a directory: not by its group either; a file: by the ring group
+/// only, which acknowledges in it).
+fn check_own(path: &Path, meta: &std::fs::Metadata, group: Option<u32>) -> Result<(), RingError> {
+    let me = euid();
+    if meta.uid() != me {
+        return Err(unsafe_path(
+            path,
+            format!("it belongs to uid {}, not to the server's user (uid {me}); remove it, or set pgcdc.ring_directory elsewhere", meta.uid()),
+        ));
+    }
+    let writable_by_others = if meta.is_dir() || group.is_none() { 0o022 } else { 0o002 };
+    if meta.mode() & writable_by_others != 0 {
+        return Err(unsafe_path(
+            path,
+            format!(
+                "others may write to it (mode {:o}); remove it, or make it writable by its owner only",
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the directories down to `dir` (mode 0700, or 0750 when a group
+/// may read the rings), and checks every directory on the way: none may be
+/// a symbolic link, or belong to a user other than root or this one, or be
+/// writable by others (unless root's and sticky, as /dev/shm and /tmp
+/// are). A directory another user made in a shared place before the
+/// server started is refused with the way out, not written into.
 pub fn create_dirs(dir: &Path, group: Option<u32>) -> Result<(), RingError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true).mode(if group.is_some() { 0o750 } else { 0o700 });
-    builder.create(dir).map_err(io(dir))
+    let dir = if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir().map_err(io(dir))?.join(dir) };
+    let mut path = PathBuf::new();
+    for part in dir.components() {
+        path.push(part);
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut builder = std::fs::DirBuilder::new();
+                builder.mode(0o700);
+                match builder.create(&path) {
+                    Ok(()) => {
+                        if let Some(gid) = group {
+                            // Readers of the group may enter (and not write).
+                            std::os::unix::fs::chown(&path, None, Some(gid)).map_err(io(&path))?;
+                            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+                                .map_err(io(&path))?;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io(&path)(e)),
+                }
+                std::fs::symlink_metadata(&path).map_err(io(&path))?
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        if meta.file_type().is_symlink() {
+            return Err(unsafe_path(&path, "it is a symbolic link; use the directory it points to".into()));
+        }
+        if !meta.is_dir() {
+            return Err(unsafe_path(&path, "it is not a directory".into()));
+        }
+        let shared = meta.uid() == 0 && meta.mode() & 0o1000 != 0;
+        if meta.uid() == 0 && (shared || meta.mode() & 0o022 == 0) {
+            continue;
+        }
+        check_own(&path, &meta, group)?;
+    }
+    Ok(())
 }
 
 /// Opens the ring at `path`, creating it with `geometry`, owned by
@@ -128,7 +227,7 @@ pub fn open_or_create(
     consumers: &[String],
     group: Option<u32>,
 ) -> Result<Ring, RingError> {
-    match open(path) {
+    match open_own(path, group) {
         Err(RingError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
         other => return other,
     }
@@ -145,8 +244,8 @@ pub fn open_or_create(
     let linked = created.map(|()| std::fs::hard_link(&temporary, path));
     let _ = std::fs::remove_file(&temporary);
     match linked? {
-        Ok(()) => open(path),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open(path),
+        Ok(()) => open_own(path, group),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open_own(path, group),
         Err(e) => Err(io(path)(e)),
     }
 }
@@ -167,6 +266,23 @@ fn create_at(
     file.set_len(geometry.file_len() as u64).map_err(io(path))?;
     Ring::create(Region::map(MmapRaw::map_raw(&file).map_err(io(path))?), geometry, identity, consumers)?;
     Ok(())
+}
+
+/// Writes `bytes` to a new file beside the rings, readable by the ring
+/// group when there is one (a spilled frame).
+pub fn write_beside(path: &Path, bytes: &[u8], group: Option<u32>) -> Result<(), RingError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io(path))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::fchown(&file, None, Some(gid)).map_err(io(path))?;
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640)).map_err(io(path))?;
+    }
+    file.write_all(bytes).map_err(io(path))
 }
 
 /// The ring files of a stream's directory (none when it does not exist).
@@ -205,8 +321,10 @@ impl Registry {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io(&path))?;
+        check_own(&path, &file.metadata().map_err(io(&path))?, None)?;
         file.lock().map_err(io(&path))?;
         Ok(Registry { file, path })
     }

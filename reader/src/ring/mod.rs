@@ -61,6 +61,8 @@ pub enum RingError {
     SchemaTooLarge { needed: usize, area: usize },
     #[error("the ring was replaced by a new one (the worker recreated it); open it again")]
     Retired,
+    #[error("{path} is not safe for rings: {why}")]
+    Unsafe { path: String, why: String },
 }
 
 /// Whose ring this is, recorded when it is created: the worker refuses (or

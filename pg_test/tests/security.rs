@@ -1,0 +1,170 @@
+//! Rings only the server writes and only allowed readers open: readers in
+//! `pgcdc.ring_group` (another OS user) read and acknowledge, others are
+//! refused; a misconfigured group is one clear error; ring directories
+//! another user made, or reached through a symbolic link, are refused.
+//!
+//! These tests make OS users and groups, so they need root (as `make
+//! test` runs on CI).
+
+use pg_test::e2e::configure;
+use pg_test::{Cluster, Settings};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+
+const GROUP: &str = "pgcdcread";
+const READER: &str = "pgcdcreader";
+const OUTSIDER: &str = "pgcdcother";
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program).args(args).status().unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(status.success(), "{program} {args:?}");
+}
+
+fn exists(database: &str, name: &str) -> bool {
+    Command::new("getent").args([database, name]).output().is_ok_and(|o| o.status.success())
+}
+
+/// The group, a reader in it (and the server's `postgres` user), and a
+/// user outside it.
+fn users() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let root = Command::new("id").arg("-u").output().unwrap().stdout.starts_with(b"0\n");
+        assert!(root, "the ring security tests make OS users: run them as root (make test does on CI)");
+        if !exists("group", GROUP) {
+            run("groupadd", &[GROUP]);
+        }
+        for (user, groups) in [(READER, Some(GROUP)), (OUTSIDER, None)] {
+            if !exists("passwd", user) {
+                run("useradd", &["--no-create-home", "--shell", "/usr/sbin/nologin", user]);
+            }
+            if let Some(group) = groups {
+                run("usermod", &["-aG", group, user]);
+            }
+        }
+        run("usermod", &["-aG", GROUP, "postgres"]);
+    });
+}
+
+/// A directory anyone may write to, with `mode` (0o1777 is /dev/shm's).
+fn scratch(cluster: &Cluster, name: &str, mode: u32) -> PathBuf {
+    let dir = cluster.socket_dir().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    dir
+}
+
+/// Sets the server's ring directory and waits for the new value.
+fn ring_directory(client: &mut postgres::Client, dir: &Path) {
+    client.batch_execute(&format!("ALTER SYSTEM SET pgcdc.ring_directory = '{}'", dir.display())).unwrap();
+    client.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
+/// Runs the crash tests' consumer on `ring` as OS user `user`; returns its
+/// exit status and what it recorded or said.
+fn consume_as(user: &str, ring: &Path, dir: &Path) -> (bool, String, String) {
+    let (output, stop) = (dir.join(format!("{user}.txt")), dir.join(format!("{user}.stop")));
+    std::fs::write(&stop, b"").unwrap();
+    let result = Command::new("runuser")
+        .args(["-u", user, "--"])
+        .arg(env!("CARGO_BIN_EXE_consume"))
+        .arg(&output)
+        .arg(&stop)
+        .arg(ring)
+        .output()
+        .unwrap();
+    let recorded = std::fs::read_to_string(&output).unwrap_or_default();
+    (result.status.success(), recorded, String::from_utf8_lossy(&result.stderr).into_owned())
+}
+
+#[test]
+fn readers_of_the_ring_group_read_and_acknowledge_and_others_are_refused() {
+    users();
+    let cluster = Cluster::start_with(Settings::default().with("pgcdc.ring_group", &format!("'{GROUP}'")));
+    let mut client = cluster.database_with_pgcdc("shared");
+    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    let routes = configure(&mut client, "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'shared')");
+    let ring = routes[0].1.clone();
+    client.batch_execute("INSERT INTO t SELECT generate_series(1, 10)").unwrap();
+    let dir = scratch(&cluster, "out", 0o777);
+
+    let (ok, recorded, said) = consume_as(READER, &ring, &dir);
+    assert!(ok, "the group's reader ran: {said}");
+    let ids: Vec<&str> =
+        recorded.lines().filter(|l| !l.starts_with('@')).map(|l| l.rsplit(' ').next().unwrap()).collect();
+    assert_eq!(ids, (1..=10).map(|i| i.to_string()).collect::<Vec<_>>(), "every row, read as {READER}");
+    let status = pgcdc_reader::ring::file::open(&ring).unwrap().status();
+    assert_eq!(status.consumers[0].ack_pos, status.write_pos, "and acknowledged");
+
+    let (ok, _, said) = consume_as(OUTSIDER, &ring, &dir);
+    assert!(!ok && said.contains("Permission denied"), "a user outside the group is refused: {said}");
+
+    // Modes: directories enterable by the group, rings writable by it (for
+    // acknowledgements), nothing for others.
+    let mode = |p: &Path| std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(p).unwrap()) & 0o777;
+    assert_eq!(mode(&ring), 0o660);
+    assert_eq!(mode(ring.parent().unwrap()), 0o750);
+}
+
+#[test]
+fn a_ring_group_the_server_is_not_in_is_one_clear_error() {
+    users();
+    // The group exists, but the server's user is not in it.
+    if !exists("group", "pgcdcnobody") {
+        run("groupadd", &["pgcdcnobody"]);
+    }
+    let cluster = Cluster::start_with(Settings::default().with("pgcdc.ring_group", "'pgcdcnobody'"));
+    let mut client = cluster.database_with_pgcdc("lonely");
+    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    let e = client.batch_execute("SELECT * FROM cdc_auto_configure('public.t', slot_name => 'lonely')").unwrap_err();
+    let message = e.as_db_error().unwrap().message().to_owned();
+    assert!(
+        message.contains("pgcdc.ring_group is 'pgcdcnobody', which the server's OS user does not belong to"),
+        "{message}"
+    );
+    assert!(message.contains("usermod -aG pgcdcnobody"), "the fix: {message}");
+    let row = client.query_one("SELECT ok FROM cdc_check_config() WHERE setting = 'pgcdc.ring_group'", &[]).unwrap();
+    assert!(!row.get::<_, bool>(0));
+    assert_eq!(client.query_one("SELECT count(*) FROM pg_replication_slots", &[]).unwrap().get::<_, i64>(0), 0);
+}
+
+#[test]
+fn ring_directories_another_user_made_or_reached_through_a_link_are_refused() {
+    users();
+    let cluster = Cluster::start();
+    let shared = scratch(&cluster, "shm", 0o1777);
+    // Another user made the ring directory first, open to everyone, as
+    // anyone may in /dev/shm before the server starts.
+    let planted = shared.join("pgcdc");
+    run("runuser", &["-u", OUTSIDER, "--", "mkdir", "-m", "777", planted.to_str().unwrap()]);
+    let mut client = cluster.database_with_pgcdc("planted");
+    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    ring_directory(&mut client, &planted);
+    let mut client = cluster.connect_to("planted");
+    let e = client.batch_execute("SELECT * FROM cdc_auto_configure('public.t', slot_name => 'planted')").unwrap_err();
+    let message = e.as_db_error().unwrap().message().to_owned();
+    assert!(
+        message.starts_with(&format!("pgcdc rings: {} is not safe for rings: it belongs to uid", planted.display())),
+        "{message}"
+    );
+    assert!(std::fs::read_dir(&planted).unwrap().next().is_none(), "nothing was written into it");
+
+    // A symbolic link on the way.
+    let real = scratch(&cluster, "real", 0o700);
+    std::os::unix::fs::chown(&real, Some(uid("postgres")), None).unwrap();
+    std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let link = cluster.socket_dir().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    ring_directory(&mut client, &link.join("rings"));
+    let mut client = cluster.connect_to("planted");
+    let e = client.batch_execute("SELECT * FROM cdc_auto_configure('public.t', slot_name => 'planted')").unwrap_err();
+    let message = e.as_db_error().unwrap().message().to_owned();
+    assert!(message.contains(&format!("{} is not safe for rings: it is a symbolic link", link.display())), "{message}");
+}
+
+fn uid(user: &str) -> u32 {
+    let out = Command::new("id").args(["-u", user]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
