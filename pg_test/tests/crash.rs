@@ -204,6 +204,11 @@ fn every_committed_change_arrives_exactly_once_through_repeated_crashes() {
         "{consumer_kills} {worker_kills} {backend_kills}"
     );
     assert!(cluster.log().contains("terminating any other active server processes"), "the server restarted");
+    eprintln!(
+        "crash test: {} rounds in {:.0?}, SIGKILLed {consumer_kills} consumers, {worker_kills} workers, {backend_kills} backends",
+        rounds(),
+        started.elapsed()
+    );
 
     let mut client = reconnect(&conninfo);
     let committed = |table: &str, client: &mut Client| -> Vec<i64> {
