@@ -13,8 +13,9 @@ pub static RING_DIRECTORY: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 /// decoding until its consumers acknowledge.
 pub static RING_SIZE_MB: GucSetting<i32> = GucSetting::<i32>::new(16);
 
-/// An OS group allowed to read rings (files become 0640 to it); empty keeps
-/// them 0600 to the server's user.
+/// An OS group allowed to read rings (directories become 0750 and rings
+/// 0660 to it: readers write their acknowledgements); empty keeps them to
+/// the server's user. The server's user must belong to the group.
 pub static RING_GROUP: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 /// How long the worker may hold decoded rows to batch them with the next
@@ -44,7 +45,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"pgcdc.ring_size",
         c"Bytes of changes each ring holds, in megabytes.",
-        c"A full ring makes decoding wait for its consumers; a message must fit a quarter of it.",
+        c"For rings created after it is set. A full ring makes decoding wait for its consumers; a change larger than half a ring goes to a file beside it.",
         &RING_SIZE_MB,
         1,
         65536,
@@ -54,7 +55,7 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"pgcdc.ring_group",
         c"OS group allowed to read ring files.",
-        c"Empty: rings are readable by the server's OS user only (mode 0600).",
+        c"Empty: rings are the server's OS user's only (mode 0600). The server's OS user must be in the group.",
         &RING_GROUP,
         GucContext::Sighup,
         GucFlags::default(),

@@ -183,6 +183,9 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
         }
     }
 
+    // A ring file truncated under the worker must not take the server
+    // down with a SIGBUS: the worker notices, and restarts (see the sink).
+    pgcdc_reader::ring::guard_against_truncation();
     let settings = match ring_settings(slot) {
         Ok(settings) => settings,
         Err(e) => {

@@ -110,7 +110,21 @@ impl Sink {
         // SAFETY: reads the flush position from shared memory.
         let wal_end = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
         for path in file::rings_in(dir)? {
-            let mut ring = file::open_own(&path, sink.settings.group)?;
+            let mut ring = match file::open_own(&path, sink.settings.group) {
+                Ok(ring) => ring,
+                Err(e @ (RingError::NotARing | RingError::Version(_) | RingError::Geometry(_))) => {
+                    // Cut short or overwritten (the worker restarted after
+                    // finding it damaged): nothing in it can be trusted. A
+                    // new one takes its place at once, for its readers.
+                    pgrx::log!("pgcdc worker: replacing ring {}: {e}", path.display());
+                    std::fs::remove_file(&path)
+                        .map_err(|source| RingError::Io { path: path.display().to_string(), source })?;
+                    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let Some(key) = RingKey::from_file_name(&name, shape.partitions) else { continue };
+                    open_ring(dir, key, "", &sink.settings)?.1
+                }
+                Err(e) => return Err(e),
+            };
             let Some(key) = sink.key_of(&ring, &path) else { continue };
             if let Some(why) = sink.foreign(&ring, wal_end) {
                 // A new ring in its place, which readers of the old one
@@ -230,6 +244,7 @@ impl Sink {
         if let Err(e) = self.write_message(&message, bytes) {
             pgrx::error!("pgcdc worker: writing the changes of {}: {e}", table_name(&message));
         }
+        self.check_damage();
         if let Some((commit_lsn, lsn)) = message.synced {
             // Every row decoded so far is in its ring: merging readers may
             // pass them, though the transaction is still being written.
@@ -289,13 +304,29 @@ impl Sink {
                 }
             }
         }
+        // Positions read from a damaged ring are zeros, not the consumers'.
+        self.check_damage();
         bound
+    }
+
+    /// Stops the worker when a ring file was cut short under it (someone
+    /// with write access truncated it): what it wrote since is lost, and
+    /// the slot must not confirm it. Restarted, the worker replaces the
+    /// ring and decoding sends again what the slot did not confirm.
+    fn check_damage(&self) {
+        if let Some(route) = self.routes.values().find(|r| r.writer.ring().is_damaged()) {
+            pgrx::error!(
+                "pgcdc worker: ring {} was cut short while the worker wrote to it; restarting to replace it",
+                route.path.display()
+            );
+        }
     }
 
     /// Records that the worker is alive, publishes each ring's lag and
     /// throughput for readers and `cdc_status`, deletes spill files nobody
     /// needs any more, and reports consumers with impossible positions.
     pub fn heartbeat(&mut self) {
+        self.check_damage();
         if self.scanned.elapsed() >= SCAN_EVERY {
             self.scanned = Instant::now();
             if let Err(e) = self.adopt_new_rings() {

@@ -46,6 +46,21 @@ impl RingKey {
         }
     }
 
+    /// The key a ring file name says, in a stream of `partitions`
+    /// partitions per table.
+    pub fn from_file_name(name: &str, partitions: u32) -> Option<RingKey> {
+        let stem = name.strip_suffix(".ring")?;
+        if stem == "merged" {
+            return Some(RingKey::Merged);
+        }
+        let (relation, partition) = match stem.split_once('-') {
+            Some((r, p)) => (r.parse().ok()?, p.parse().ok()?),
+            None => (stem.parse().ok()?, 0),
+        };
+        let key = RingKey::Table { relation, partition, partitions };
+        (key.file_name() == name).then_some(key)
+    }
+
     /// The relation and partition a ring header records.
     pub fn relation_and_partition(&self) -> (u32, u32) {
         match self {

@@ -5,7 +5,7 @@
 //! an access outside the mapping.
 
 use memmap2::MmapRaw;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// Memory that holds a ring: a shared file mapping, or heap memory for
@@ -13,6 +13,8 @@ use std::time::Duration;
 pub struct Region {
     ptr: *mut u8,
     len: usize,
+    /// Its entry in the SIGBUS guard, if it is a guarded mapping.
+    guarded: Option<usize>,
     _owner: Owner,
 }
 
@@ -34,12 +36,20 @@ impl Region {
     pub fn heap(len: usize) -> Region {
         let mut words = vec![0u64; len.div_ceil(8)];
         let ptr = words.as_mut_ptr().cast::<u8>();
-        Region { ptr, len, _owner: Owner::Heap(words) }
+        Region { ptr, len, guarded: None, _owner: Owner::Heap(words) }
     }
 
-    /// A shared mapping of a whole file.
+    /// A shared mapping of a whole file (guarded against truncation when
+    /// this process asked for it: see [`guard_against_truncation`]).
     pub fn map(map: MmapRaw) -> Region {
-        Region { ptr: map.as_mut_ptr(), len: map.len(), _owner: Owner::Map(map) }
+        let (ptr, len) = (map.as_mut_ptr(), map.len());
+        Region { ptr, len, guarded: guard::add(ptr as usize, len), _owner: Owner::Map(map) }
+    }
+
+    /// Whether the file under this mapping was cut short while mapped: its
+    /// pages now read as zeros, and nothing written reaches the file.
+    pub fn damaged(&self) -> bool {
+        self.guarded.is_some_and(guard::hit)
     }
 
     pub fn len(&self) -> usize {
@@ -89,6 +99,100 @@ impl Region {
         // SAFETY: in bounds (checked); only the producer writes the data
         // area, and only where no consumer reads (unpublished space).
         unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(offset), bytes.len()) };
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        if let Some(entry) = self.guarded {
+            guard::remove(entry);
+        }
+    }
+}
+
+/// Makes this process survive ring files truncated under its mappings: a
+/// SIGBUS on a guarded mapping replaces it by zeroed private memory and
+/// marks it [damaged](Region::damaged), instead of killing the process
+/// (for the pgcdc worker, a crash-restart of the whole server). A SIGBUS
+/// anywhere else keeps its default action. Mappings made after the call
+/// are guarded.
+pub fn guard_against_truncation() {
+    guard::install();
+}
+
+/// The guarded mappings, in fixed slots a signal handler can read.
+mod guard {
+    use super::*;
+
+    const SLOTS: usize = 1024;
+    static ON: AtomicBool = AtomicBool::new(false);
+    static STARTS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+    static LENS: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
+    static HIT: [AtomicBool; SLOTS] = [const { AtomicBool::new(false) }; SLOTS];
+
+    pub fn install() {
+        if ON.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // SAFETY: a zeroed sigaction is valid; the handler has the
+        // SA_SIGINFO signature and only touches atomics and calls mmap.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_sigbus as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+        }
+    }
+
+    pub fn add(start: usize, len: usize) -> Option<usize> {
+        if !ON.load(Ordering::Acquire) || len == 0 {
+            return None;
+        }
+        let slot =
+            (0..SLOTS).find(|i| STARTS[*i].compare_exchange(0, start, Ordering::AcqRel, Ordering::Relaxed).is_ok())?;
+        HIT[slot].store(false, Ordering::Release);
+        LENS[slot].store(len, Ordering::Release);
+        Some(slot)
+    }
+
+    pub fn remove(slot: usize) {
+        LENS[slot].store(0, Ordering::Release);
+        HIT[slot].store(false, Ordering::Release);
+        STARTS[slot].store(0, Ordering::Release);
+    }
+
+    pub fn hit(slot: usize) -> bool {
+        HIT[slot].load(Ordering::Acquire)
+    }
+
+    extern "C" fn on_sigbus(_signal: libc::c_int, info: *mut libc::siginfo_t, _context: *mut libc::c_void) {
+        // SAFETY: the kernel passes the fault's siginfo.
+        let address = unsafe { (*info).si_addr() } as usize;
+        for slot in 0..SLOTS {
+            let (start, len) = (STARTS[slot].load(Ordering::Acquire), LENS[slot].load(Ordering::Acquire));
+            if start != 0 && address >= start && address < start + len {
+                // SAFETY: replaces exactly the pages of a mapping this
+                // process made (and keeps until the Region drops), so that
+                // the faulting access and every later one find memory.
+                unsafe {
+                    libc::mmap(
+                        start as *mut libc::c_void,
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    );
+                }
+                HIT[slot].store(true, Ordering::Release);
+                return;
+            }
+        }
+        // Not a ring: what a SIGBUS does without the guard.
+        // SAFETY: resetting a signal's disposition; the fault repeats and
+        // takes its default action.
+        unsafe { libc::signal(libc::SIGBUS, libc::SIG_DFL) };
     }
 }
 

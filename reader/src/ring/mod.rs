@@ -23,7 +23,7 @@ mod memory;
 mod reader;
 mod writer;
 
-pub use memory::{process_alive, Region};
+pub use memory::{guard_against_truncation, process_alive, Region};
 pub use reader::{Frame, RingReader};
 pub use writer::{FrameMeta, RingWriter, Written};
 
@@ -258,6 +258,12 @@ impl Ring {
             slot: read_name(r, OFF_SLOT_NAME_LEN, OFF_SLOT_NAME, SLOT_NAME_MAX),
             route: read_name(r, OFF_ROUTE_NAME_LEN, OFF_ROUTE_NAME, ROUTE_NAME_MAX),
         }
+    }
+
+    /// Whether the file was cut short under this process's mapping (with
+    /// [`guard_against_truncation`]): nothing read or written is the file's.
+    pub fn is_damaged(&self) -> bool {
+        self.region.damaged()
     }
 
     /// Whether the producer replaced this ring by a new file.

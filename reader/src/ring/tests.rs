@@ -449,3 +449,40 @@ fn concurrent_creators_share_one_ring_and_the_registry_serializes() {
     drop(registry);
     assert_eq!(waiter.join().unwrap(), ["a", "c"], "the second lock waited for the first");
 }
+
+#[test]
+fn a_ring_cut_short_under_a_guarded_mapping_is_damaged_not_a_crash() {
+    guard_against_truncation();
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("r.ring");
+    let consumers = vec!["default".to_string()];
+    let writer = RingWriter::new(
+        file::open_or_create(&path, Geometry::new(64 * 1024), &Identity::default(), &consumers, None).unwrap(),
+    );
+    write(&writer, &payload(1, 100), 1);
+    assert!(!writer.ring().is_damaged());
+    // Another process (here: this one) truncates the file.
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+    // Without the guard, this access is a SIGBUS.
+    let status = writer.ring().status();
+    assert!(writer.ring().is_damaged(), "the mapping knows");
+    assert_eq!(status.write_pos, 0, "and reads zeros");
+    assert!(file::open(&path).is_err(), "the file itself is no ring any more");
+}
+
+#[test]
+fn ring_keys_read_back_from_file_names() {
+    for key in [
+        file::RingKey::Merged,
+        file::RingKey::Table { relation: 16390, partition: 0, partitions: 1 },
+        file::RingKey::Table { relation: 16390, partition: 3, partitions: 4 },
+    ] {
+        let partitions = match key {
+            file::RingKey::Table { partitions, .. } => partitions,
+            file::RingKey::Merged => 1,
+        };
+        assert_eq!(file::RingKey::from_file_name(&key.file_name(), partitions), Some(key));
+    }
+    assert_eq!(file::RingKey::from_file_name("16390-1.ring", 1), None, "not a name of this stream's shape");
+    assert_eq!(file::RingKey::from_file_name("x.ring", 1), None);
+}
