@@ -14,6 +14,8 @@ use std::sync::Once;
 
 const GROUP: &str = "pgcdcread";
 const READER: &str = "pgcdcreader";
+/// A second reader in the group.
+const PEER: &str = "pgcdcpeer";
 const OUTSIDER: &str = "pgcdcother";
 
 fn run(program: &str, args: &[&str]) {
@@ -35,7 +37,7 @@ fn users() {
         if !exists("group", GROUP) {
             run("groupadd", &[GROUP]);
         }
-        for (user, groups) in [(READER, Some(GROUP)), (OUTSIDER, None)] {
+        for (user, groups) in [(READER, Some(GROUP)), (PEER, Some(GROUP)), (OUTSIDER, None)] {
             if !exists("passwd", user) {
                 run("useradd", &["--no-create-home", "--shell", "/usr/sbin/nologin", user]);
             }
@@ -101,11 +103,26 @@ fn readers_of_the_ring_group_read_and_acknowledge_and_others_are_refused() {
     let (ok, _, said) = consume_as(OUTSIDER, &ring, &dir);
     assert!(!ok && said.contains("Permission denied"), "a user outside the group is refused: {said}");
 
-    // Modes: directories enterable by the group, rings writable by it (for
-    // acknowledgements), nothing for others.
-    let mode = |p: &Path| std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(p).unwrap()) & 0o777;
-    assert_eq!(mode(&ring), 0o660);
-    assert_eq!(mode(ring.parent().unwrap()), 0o750);
+    // Another reader of the group can neither write the ring nor move the
+    // first reader's position, nor read as it.
+    let state = ring.with_file_name(format!("{}.default.ack", ring.file_stem().unwrap().to_string_lossy()));
+    assert!(state.exists(), "{READER} keeps its state beside the ring");
+    for file in [&ring, &state] {
+        let append = Command::new("runuser")
+            .args(["-u", PEER, "--", "sh", "-c", &format!("echo x >> '{}'", file.display())])
+            .output()
+            .unwrap();
+        assert!(!append.status.success(), "{PEER} may not write {}", file.display());
+    }
+    let (ok, _, said) = consume_as(PEER, &ring, &dir);
+    assert!(!ok && said.contains("is read by the OS user with uid"), "only {READER} reads as default: {said}");
+
+    // Modes: rings readable by the group, the stream's directory open to
+    // its readers' state files (sticky), nothing for others.
+    let mode = |p: &Path| std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(p).unwrap()) & 0o7777;
+    assert_eq!(mode(&ring), 0o640);
+    assert_eq!(mode(ring.parent().unwrap()), 0o1770);
+    assert_eq!(mode(ring.parent().unwrap().parent().unwrap()), 0o750);
 }
 
 #[test]

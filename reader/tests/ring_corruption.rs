@@ -52,6 +52,7 @@ fn random_damage_is_an_error_or_a_frame_never_a_panic() {
         }
     }
     let pristine = std::fs::read(&path).unwrap();
+    let pristine_state = std::fs::read(dir.join("r.default.ack")).unwrap();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (mut errors, mut frames) = (0, 0);
     for round in 0..3000 {
@@ -70,6 +71,8 @@ fn random_damage_is_an_error_or_a_frame_never_a_panic() {
             bytes.truncate((rng.next() % bytes.len() as u64) as usize);
         }
         std::fs::write(&path, &bytes).unwrap();
+        // The consumer starts where it was after the setup, every round.
+        std::fs::write(dir.join("r.default.ack"), &pristine_state).unwrap();
         let ring = match file::open(&path) {
             Ok(ring) => ring,
             Err(_) => {

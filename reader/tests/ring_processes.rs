@@ -25,7 +25,7 @@ fn payload(lsn: u64) -> Vec<u8> {
 #[test]
 fn producer_child() {
     let Ok(path) = std::env::var(CHILD_ENV) else { return };
-    let writer = RingWriter::new(file::open(&PathBuf::from(path)).unwrap());
+    let writer = RingWriter::new(file::open_own(&PathBuf::from(path)).unwrap());
     for lsn in 1..=FRAMES {
         while writer.write(KIND_BATCH, &payload(lsn), &meta(lsn), Duration::from_secs(1)).unwrap() == Written::Full {}
     }

@@ -81,10 +81,9 @@ fn add_to_rings(dir: &Path, name: &str) -> Result<Added, RingError> {
         names.push(name.to_owned());
         registry.set(&names)?;
     }
-    let group = group()?;
     let mut rings = Vec::new();
     for path in file::rings_in(dir)? {
-        let ring = file::open_own(&path, group)?;
+        let ring = file::open_own(&path)?;
         if !ring.consumers().iter().any(|n| n == name) {
             ring.register(name, Start::Now)?;
             rings.push(path);
@@ -114,7 +113,7 @@ fn remove_from_rings(dir: &Path, name: &str, added: Option<&Added>) {
             None => file::rings_in(dir)?,
         };
         for path in rings {
-            file::open_own(&path, group()?)?.unregister(name);
+            file::open_own(&path)?.unregister(name);
         }
         Ok(())
     })();

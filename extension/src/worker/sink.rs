@@ -110,7 +110,7 @@ impl Sink {
         // SAFETY: reads the flush position from shared memory.
         let wal_end = unsafe { pg_sys::GetFlushRecPtr(std::ptr::null_mut()) };
         for path in file::rings_in(dir)? {
-            let mut ring = match file::open_own(&path, sink.settings.group) {
+            let mut ring = match file::open_own(&path) {
                 Ok(ring) => ring,
                 Err(e @ (RingError::NotARing | RingError::Version(_) | RingError::Geometry(_))) => {
                     // Cut short or overwritten (the worker restarted after
@@ -122,6 +122,11 @@ impl Sink {
                     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                     let Some(key) = RingKey::from_file_name(&name, shape.partitions) else { continue };
                     open_ring(dir, key, "", &sink.settings)?.1
+                }
+                Err(e @ RingError::Unsafe { .. }) => {
+                    // Not the server's: a file someone else put there.
+                    pgrx::log!("pgcdc worker: ignoring {}: {e}", path.display());
+                    continue;
                 }
                 Err(e) => return Err(e),
             };
@@ -168,7 +173,7 @@ impl Sink {
             if self.routes.values().any(|r| r.path == path) {
                 continue;
             }
-            let ring = file::open_own(&path, self.settings.group)?;
+            let Ok(ring) = file::open_own(&path) else { continue };
             let Some(key) = self.key_of(&ring, &path) else { continue };
             let route = Route::new(RingWriter::new(ring), path);
             route.writer.complete_through(self.flushed, u64::MAX);

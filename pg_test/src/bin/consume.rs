@@ -34,7 +34,10 @@ fn main() {
     std::fs::write(output, &recorded.as_bytes()[..kept]).expect("cut the output back");
     let mut readers: Vec<ChangeReader> = rings
         .iter()
-        .map(|ring| ChangeReader::open_waiting(ring.as_ref(), "default", Duration::from_secs(60)).expect("open a ring"))
+        .map(|ring| {
+            ChangeReader::open_waiting(ring.as_ref(), "default", Duration::from_secs(60))
+                .unwrap_or_else(|e| panic!("open a ring: {e}"))
+        })
         .collect();
     if !positions.is_empty() {
         readers = readers.into_iter().zip(&positions).map(|(r, p)| r.resume_at(*p)).collect();

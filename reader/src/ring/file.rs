@@ -72,7 +72,7 @@ impl RingKey {
 
 /// A slot name as one path component (PostgreSQL allows only
 /// `[a-z0-9_]` in slot names; anything else is percent-encoded anyway).
-fn encode(name: &str) -> String {
+pub(crate) fn encode(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for (i, byte) in name.bytes().enumerate() {
         let plain = byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' || (byte == b'.' && i > 0);
@@ -124,9 +124,12 @@ fn unsafe_zeroed_group() -> libc::group {
     unsafe { std::mem::zeroed() }
 }
 
-/// Opens an existing ring file (never through a symbolic link).
+/// Opens an existing ring file to read it (never through a symbolic link),
+/// mapped read-only: readers write only their own state, beside it.
 pub fn open(path: &Path) -> Result<Ring, RingError> {
-    map(path, &open_file(path)?)
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io(path))?;
+    let map = memmap2::MmapOptions::new().map_raw_read_only(&file).map_err(io(path))?;
+    beside(path, Ring::open(Region::map(map))?)
 }
 
 fn open_file(path: &Path) -> Result<File, RingError> {
@@ -134,19 +137,22 @@ fn open_file(path: &Path) -> Result<File, RingError> {
 }
 
 fn map(path: &Path, file: &File) -> Result<Ring, RingError> {
-    let ring = Ring::open(Region::map(MmapRaw::map_raw(file).map_err(io(path))?))?;
-    Ok(match path.parent() {
-        Some(dir) => ring.with_dir(dir.to_owned()),
-        None => ring,
-    })
+    beside(path, Ring::open(Region::map(MmapRaw::map_raw(file).map_err(io(path))?))?)
 }
 
-/// Opens a ring file of this process's own (the server's): a regular file
-/// it owns, writable by nobody else (but the ring group, when there is
-/// one), so that no other user can have put it there.
-pub fn open_own(path: &Path, group: Option<u32>) -> Result<Ring, RingError> {
+/// The ring of the file at `path`, with its consumer states and spilled
+/// frames beside it.
+fn beside(path: &Path, ring: Ring) -> Result<Ring, RingError> {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(ring.with_file(path.parent().map_or_else(PathBuf::new, Path::to_owned), stem))
+}
+
+/// Opens a ring file of this process's own (the server's), to write it:
+/// a file it owns, writable by nobody else, so that no other user can have
+/// put it there.
+pub fn open_own(path: &Path) -> Result<Ring, RingError> {
     let file = open_file(path)?;
-    check_own(path, &file.metadata().map_err(io(path))?, group)?;
+    check_own(path, &file.metadata().map_err(io(path))?)?;
     map(path, &file)
 }
 
@@ -161,9 +167,10 @@ fn unsafe_path(path: &Path, why: String) -> RingError {
 }
 
 /// A file or directory this process made: its own, and writable by nobody
-/// else (a directory: not by its group either; a file: by the ring group
-/// only, which acknowledges in it).
-fn check_own(path: &Path, meta: &std::fs::Metadata, group: Option<u32>) -> Result<(), RingError> {
+/// else (but a stream's directory, where the ring group's readers make
+/// their state files: writable by the group, and sticky, so that nobody
+/// removes or renames another's files).
+fn check_own(path: &Path, meta: &std::fs::Metadata) -> Result<(), RingError> {
     let me = euid();
     if meta.uid() != me {
         return Err(unsafe_path(
@@ -171,7 +178,8 @@ fn check_own(path: &Path, meta: &std::fs::Metadata, group: Option<u32>) -> Resul
             format!("it belongs to uid {}, not to the server's user (uid {me}); remove it, or set pgcdc.ring_directory elsewhere", meta.uid()),
         ));
     }
-    let writable_by_others = if meta.is_dir() || group.is_none() { 0o022 } else { 0o002 };
+    let sticky_dir = meta.is_dir() && meta.mode() & 0o1000 != 0;
+    let writable_by_others = if sticky_dir { 0o002 } else { 0o022 };
     if meta.mode() & writable_by_others != 0 {
         return Err(unsafe_path(
             path,
@@ -184,8 +192,10 @@ fn check_own(path: &Path, meta: &std::fs::Metadata, group: Option<u32>) -> Resul
     Ok(())
 }
 
-/// Creates the directories down to `dir` (mode 0700, or 0750 when a group
-/// may read the rings), and checks every directory on the way: none may be
+/// Creates the directories down to the stream directory `dir` (mode 0700;
+/// with a ring group, 0750 and, for `dir` itself, 01770: the group's
+/// readers make their state files there), and checks every directory on
+/// the way: none may be
 /// a symbolic link, or belong to a user other than root or this one, or be
 /// writable by others (unless root's and sticky, as /dev/shm and /tmp
 /// are). A directory another user made in a shared place before the
@@ -193,8 +203,14 @@ fn check_own(path: &Path, meta: &std::fs::Metadata, group: Option<u32>) -> Resul
 pub fn create_dirs(dir: &Path, group: Option<u32>) -> Result<(), RingError> {
     let dir = if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir().map_err(io(dir))?.join(dir) };
     let mut path = PathBuf::new();
-    for part in dir.components() {
+    let parts = dir.components().count();
+    for (i, part) in dir.components().enumerate() {
         path.push(part);
+        let mode = match group {
+            Some(_) if i + 1 == parts => 0o1770,
+            Some(_) => 0o750,
+            None => 0o700,
+        };
         let meta = match std::fs::symlink_metadata(&path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -203,9 +219,10 @@ pub fn create_dirs(dir: &Path, group: Option<u32>) -> Result<(), RingError> {
                 match builder.create(&path) {
                     Ok(()) => {
                         if let Some(gid) = group {
-                            // Readers of the group may enter (and not write).
+                            // The group's readers may enter (not umask's
+                            // business: the mode is set after chown).
                             std::os::unix::fs::chown(&path, None, Some(gid)).map_err(io(&path))?;
-                            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+                            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(mode))
                                 .map_err(io(&path))?;
                         }
                     }
@@ -226,15 +243,15 @@ pub fn create_dirs(dir: &Path, group: Option<u32>) -> Result<(), RingError> {
         if meta.uid() == 0 && (shared || meta.mode() & 0o022 == 0) {
             continue;
         }
-        check_own(&path, &meta, group)?;
+        check_own(&path, &meta)?;
     }
     Ok(())
 }
 
 /// Opens the ring at `path`, creating it with `geometry`, owned by
 /// `identity` and with `consumers` registered, if there is none: mode
-/// 0600, or 0660 owned by group `group` (readers write their
-/// acknowledgements).
+/// 0600, or 0640 owned by group `group`. A file of that name another user
+/// put there is removed first (the stream's directory is the server's).
 pub fn open_or_create(
     path: &Path,
     geometry: Geometry,
@@ -242,8 +259,9 @@ pub fn open_or_create(
     consumers: &[String],
     group: Option<u32>,
 ) -> Result<Ring, RingError> {
-    match open_own(path, group) {
+    match open_own(path) {
         Err(RingError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(RingError::Unsafe { .. }) => std::fs::remove_file(path).map_err(io(path))?,
         other => return other,
     }
     if let Some(dir) = path.parent() {
@@ -259,8 +277,8 @@ pub fn open_or_create(
     let linked = created.map(|()| std::fs::hard_link(&temporary, path));
     let _ = std::fs::remove_file(&temporary);
     match linked? {
-        Ok(()) => open_own(path, group),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open_own(path, group),
+        Ok(()) => open_own(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => open_own(path),
         Err(e) => Err(io(path)(e)),
     }
 }
@@ -276,7 +294,7 @@ fn create_at(
     if let Some(gid) = group {
         std::os::unix::fs::fchown(&file, None, Some(gid)).map_err(io(path))?;
         // After fchown, and not at open: the server's umask would cut it.
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o660)).map_err(io(path))?;
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o640)).map_err(io(path))?;
     }
     file.set_len(geometry.file_len() as u64).map_err(io(path))?;
     Ring::create(Region::map(MmapRaw::map_raw(&file).map_err(io(path))?), geometry, identity, consumers)?;
@@ -339,7 +357,7 @@ impl Registry {
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
             .map_err(io(&path))?;
-        check_own(&path, &file.metadata().map_err(io(&path))?, None)?;
+        check_own(&path, &file.metadata().map_err(io(&path))?)?;
         file.lock().map_err(io(&path))?;
         Ok(Registry { file, path })
     }

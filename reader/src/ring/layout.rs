@@ -10,19 +10,19 @@
 //!       │ write_pos u64 │ epoch u64 │ pid u32 │ data_seq u32 (futex)          │
 //!       │ heartbeat ms u64 │ last commit LSN u64 │ oldest unacked ms u64       │
 //!       │ rows written u64 │ rows per second u64                              │
-//!  128  ├── consumer line ───────────────────────────────────────────────────┤
-//!       │ space_seq u32 (futex) │ producer_waiting u32 │ readers_waiting u32  │
-//!       │ registration lock u32 (pid of the holder)                         │
+//!  128  ├── registration line ───────────────────────────────────────────────┤
+//!       │ incarnation u64 (random: tells consumer states of an older ring at │
+//!       │ the same path apart) │ registration lock u32 (pid of the holder)   │
 //!  192  ├── schema line ─────────────────────────────────────────────────────┤
 //!       │ schema_seq u64 (seqlock) │ schema_len u32 │ retired u32             │
 //!       │ complete: seq u64 (seqlock) │ commit LSN u64 │ LSN u64 (208..232)   │
 //!  256  ├── names ───────────────────────────────────────────────────────────┤
 //!       │ slot name length u32 │ route name length u32 │ slot name [64]       │
 //!       │ route name [184] (for people; files are named by relation OID)    │
-//!  512  ├── reader slots, 128 bytes each ────────────────────────────────────┤
-//!       │ state u32 │ pid u32 │ ack_pos u64 │ ack_lsn u64 │ read_pos u64       │
-//!       │ heartbeat u64 │ name_len u32 │ … │ acked position (commit u64 at    │
-//!       │ +48, index u64 at +56) │ name [64] at +64                          │
+//!  512  ├── consumer slots, 128 bytes each: who is registered, from where ────┤
+//!       │ state u32 │ … │ start: ack_pos u64 (+8) │ ack_lsn u64 (+16) │        │
+//!       │ acked commit u64 (+24) │ acked index u64 (+32) │ name_len u32 (+40)│
+//!       │ name [64] at +64  (what each consumer did: its own file, acks.rs)  │
 //! 4096  ├── schema area ─────────────────────────────────────────────────────┤
 //!       │ the route's latest Arrow IPC schema message, for late readers       │
 //! data  ├── data area: `capacity` bytes of frames ───────────────────────────┤
@@ -41,13 +41,17 @@
 //!
 //! Row positions ([`Position`](crate::position::Position)) are a different
 //! thing: (commit LSN, index within the transaction) of a change row. A
-//! frame header carries those of its first and last rows; a consumer slot
-//! the position of the last row its consumer acknowledged.
+//! frame header carries those of its first and last rows; a consumer's
+//! state the position of the last row it acknowledged.
+//!
+//! Only the server writes this file (the producer, and registrations);
+//! readers map it read-only and keep their own state beside it
+//! ([`acks`](super::acks)).
 
 /// `"PGCDCRNG"`.
 pub const MAGIC: [u8; 8] = *b"PGCDCRNG";
 /// Bumped on any incompatible layout change.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Frames (and their payloads) start on this boundary.
 pub const FRAME_ALIGN: u64 = 64;
@@ -103,12 +107,10 @@ pub const OFF_ROWS_WRITTEN: usize = 112;
 /// Rows per second over the producer's last measuring period.
 pub const OFF_ROWS_PER_SECOND: usize = 120;
 
-/// Consumer line (written by consumers).
-pub const OFF_SPACE_SEQ: usize = 128;
-pub const OFF_PRODUCER_WAITING: usize = 132;
-pub const OFF_READERS_WAITING: usize = 136;
+/// Registration line (written by the server's processes).
+pub const OFF_INCARNATION: usize = 128;
 /// Held (by pid) while a consumer registers or unregisters.
-pub const OFF_REGISTRATION_LOCK: usize = 140;
+pub const OFF_REGISTRATION_LOCK: usize = 136;
 
 /// Schema line.
 pub const OFF_SCHEMA_SEQ: usize = 192;
@@ -133,18 +135,15 @@ pub const SLOT_NAME_MAX: usize = 64;
 pub const OFF_ROUTE_NAME: usize = 328;
 pub const ROUTE_NAME_MAX: usize = 184;
 
-/// Reader slots.
+/// Consumer slots: a registration and where the consumer starts.
 pub const OFF_SLOTS: usize = 512;
 pub const SLOT_BYTES: usize = 128;
 pub const SLOT_STATE: usize = 0;
-pub const SLOT_PID: usize = 4;
-pub const SLOT_ACK_POS: usize = 8;
-pub const SLOT_ACK_LSN: usize = 16;
-pub const SLOT_READ_POS: usize = 24;
-pub const SLOT_HEARTBEAT: usize = 32;
+pub const SLOT_START_ACK_POS: usize = 8;
+pub const SLOT_START_ACK_LSN: usize = 16;
+pub const SLOT_START_COMMIT: usize = 24;
+pub const SLOT_START_INDEX: usize = 32;
 pub const SLOT_NAME_LEN: usize = 40;
-pub const SLOT_ACKED_COMMIT: usize = 48;
-pub const SLOT_ACKED_INDEX: usize = 56;
 pub const SLOT_NAME: usize = 64;
 /// Longest consumer name.
 pub const NAME_MAX: usize = 64;

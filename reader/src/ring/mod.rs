@@ -14,9 +14,12 @@
 //! * Consumers are registered explicitly ([`Ring::register`]) and stay
 //!   registered across restarts until unregistered; attaching under a name
 //!   nobody registered is an error, never a silent new consumer.
+//! * Only the server writes a ring file; each consumer writes only its own
+//!   state ([`acks`]), in a file no other reader may write.
 //! * A waiting consumer sleeps on a futex; so does a producer facing a full
 //!   ring. Wake-ups are sent only when someone sleeps.
 
+pub mod acks;
 pub mod file;
 pub mod layout;
 mod memory;
@@ -63,6 +66,8 @@ pub enum RingError {
     Retired,
     #[error("{path} is not safe for rings: {why}")]
     Unsafe { path: String, why: String },
+    #[error("consumer \"{name}\" is read by the OS user with uid {uid}: only that user can read as it")]
+    KeptBy { name: String, uid: u32 },
 }
 
 /// Whose ring this is, recorded when it is created: the worker refuses (or
@@ -101,6 +106,8 @@ pub struct Ring {
     geometry: Geometry,
     /// The directory of the ring file, where spilled frames live.
     dir: Option<PathBuf>,
+    /// Where its consumers keep their states.
+    acks: acks::Acks,
 }
 
 /// A consumer as the header records it.
@@ -199,7 +206,8 @@ impl Ring {
         r.u32_at(OFF_PARTITION).store(identity.partition, Ordering::Relaxed);
         write_name(r, OFF_SLOT_NAME_LEN, OFF_SLOT_NAME, SLOT_NAME_MAX, &identity.slot);
         write_name(r, OFF_ROUTE_NAME_LEN, OFF_ROUTE_NAME, ROUTE_NAME_MAX, &identity.route);
-        let ring = Ring { region: Arc::new(region), geometry, dir: None };
+        r.u64_at(OFF_INCARNATION).store(incarnation(), Ordering::Relaxed);
+        let ring = Ring { region: Arc::new(region), geometry, dir: None, acks: acks::Acks::memory() };
         for name in consumers {
             ring.register(name, Start::Beginning)?;
         }
@@ -229,13 +237,21 @@ impl Ring {
         if region.u32_at(OFF_DATA_OFFSET).load(Ordering::Relaxed) as usize != geometry.data_offset() {
             return Err(RingError::Geometry("data offset does not follow from the geometry".into()));
         }
-        Ok(Ring { region: Arc::new(region), geometry, dir: None })
+        Ok(Ring { region: Arc::new(region), geometry, dir: None, acks: acks::Acks::memory() })
     }
 
-    /// Where spilled frames of this ring live.
-    pub(crate) fn with_dir(mut self, dir: PathBuf) -> Ring {
+    /// The ring file is `dir/<stem>.ring`: spilled frames and consumer
+    /// states live beside it.
+    pub(crate) fn with_file(mut self, dir: PathBuf, stem: String) -> Ring {
+        self.acks = acks::Acks::Files { dir: dir.clone(), stem };
         self.dir = Some(dir);
         self
+    }
+
+    /// Tells consumer states of this ring from those of a ring that was
+    /// at the same path before.
+    fn incarnation(&self) -> u64 {
+        self.region.u64_at(OFF_INCARNATION).load(Ordering::Relaxed)
     }
 
     pub(crate) fn dir(&self) -> Option<&std::path::Path> {
@@ -282,17 +298,17 @@ impl Ring {
         let consumers = self
             .registered()
             .map(|i| {
-                let at = slot_offset(i);
-                let pid = r.u32_at(at + SLOT_PID).load(Ordering::Relaxed);
+                let name = self.slot_name(i);
+                let state = self.state(i, &name);
                 ConsumerStatus {
-                    name: self.slot_name(i),
-                    pid,
-                    alive: process_alive(pid),
-                    ack_pos: r.u64_at(at + SLOT_ACK_POS).load(Ordering::Acquire),
-                    ack_lsn: r.u64_at(at + SLOT_ACK_LSN).load(Ordering::Acquire),
-                    acked: self.acked(i),
-                    read_pos: r.u64_at(at + SLOT_READ_POS).load(Ordering::Relaxed),
-                    heartbeat_ms: r.u64_at(at + SLOT_HEARTBEAT).load(Ordering::Relaxed),
+                    pid: state.pid,
+                    alive: process_alive(state.pid),
+                    ack_pos: state.ack_pos,
+                    ack_lsn: state.ack_lsn,
+                    acked: state.acked,
+                    read_pos: state.read_pos,
+                    heartbeat_ms: state.heartbeat_ms,
+                    name,
                 }
             })
             .collect();
@@ -378,19 +394,19 @@ impl Ring {
                 (r.u64_at(OFF_WRITE_POS).load(Ordering::Acquire), Position::end_of(last), last)
             }
         };
+        // A state left by a consumer of this name that was dropped is not
+        // the new one's.
+        self.acks.remove(name);
         for i in 0..self.geometry.readers {
             let at = slot_offset(i);
             let state = r.u32_at(at + SLOT_STATE);
             if state.compare_exchange(SLOT_FREE, SLOT_CLAIMING, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 r.u32_at(at + SLOT_NAME_LEN).store(name.len() as u32, Ordering::Relaxed);
                 r.write(at + SLOT_NAME, name.as_bytes());
-                r.u32_at(at + SLOT_PID).store(0, Ordering::Relaxed);
-                r.u64_at(at + SLOT_ACK_POS).store(ack_pos, Ordering::Relaxed);
-                r.u64_at(at + SLOT_READ_POS).store(ack_pos, Ordering::Relaxed);
-                r.u64_at(at + SLOT_ACK_LSN).store(ack_lsn, Ordering::Relaxed);
-                r.u64_at(at + SLOT_ACKED_COMMIT).store(acked.commit_lsn, Ordering::Relaxed);
-                r.u64_at(at + SLOT_ACKED_INDEX).store(acked.index, Ordering::Relaxed);
-                r.u64_at(at + SLOT_HEARTBEAT).store(now_ms(), Ordering::Relaxed);
+                r.u64_at(at + SLOT_START_ACK_POS).store(ack_pos, Ordering::Relaxed);
+                r.u64_at(at + SLOT_START_ACK_LSN).store(ack_lsn, Ordering::Relaxed);
+                r.u64_at(at + SLOT_START_COMMIT).store(acked.commit_lsn, Ordering::Relaxed);
+                r.u64_at(at + SLOT_START_INDEX).store(acked.index, Ordering::Relaxed);
                 state.store(SLOT_REGISTERED, Ordering::Release);
                 return Ok(());
             }
@@ -403,11 +419,8 @@ impl Ring {
     pub fn unregister(&self, name: &str) -> bool {
         let _lock = self.lock_registration();
         let Some(i) = self.find_slot(name) else { return false };
-        let r = &self.region;
-        r.u32_at(slot_offset(i) + SLOT_STATE).store(SLOT_FREE, Ordering::Release);
-        let space = r.u32_at(OFF_SPACE_SEQ);
-        space.fetch_add(1, Ordering::Release);
-        memory::wake_all(space);
+        self.region.u32_at(slot_offset(i) + SLOT_STATE).store(SLOT_FREE, Ordering::Release);
+        self.acks.remove(name);
         true
     }
 
@@ -444,13 +457,25 @@ impl Ring {
         String::from_utf8_lossy(&self.region.read(at + SLOT_NAME, len)).into_owned()
     }
 
-    /// The last row consumer slot `index` acknowledged.
-    fn acked(&self, index: u32) -> Position {
-        let at = slot_offset(index);
-        Position::new(
-            self.region.u64_at(at + SLOT_ACKED_COMMIT).load(Ordering::Acquire),
-            self.region.u64_at(at + SLOT_ACKED_INDEX).load(Ordering::Acquire),
-        )
+    /// Where consumer slot `index` starts: its state until it attaches.
+    fn start(&self, index: u32) -> acks::State {
+        let (r, at) = (&self.region, slot_offset(index));
+        let ack_pos = r.u64_at(at + SLOT_START_ACK_POS).load(Ordering::Acquire);
+        acks::State {
+            ack_pos,
+            read_pos: ack_pos,
+            ack_lsn: r.u64_at(at + SLOT_START_ACK_LSN).load(Ordering::Acquire),
+            acked: Position::new(
+                r.u64_at(at + SLOT_START_COMMIT).load(Ordering::Acquire),
+                r.u64_at(at + SLOT_START_INDEX).load(Ordering::Acquire),
+            ),
+            ..acks::State::default()
+        }
+    }
+
+    /// What consumer `name` (in slot `index`) read and acknowledged.
+    fn state(&self, index: u32, name: &str) -> acks::State {
+        self.acks.read(name, self.incarnation()).unwrap_or_else(|| self.start(index))
     }
 
     /// The slot registered under `name`, if any.
@@ -463,7 +488,7 @@ impl Ring {
     fn min_ack(&self, write_pos: u64) -> u64 {
         let capacity = self.geometry.capacity;
         self.registered()
-            .map(|i| self.region.u64_at(slot_offset(i) + SLOT_ACK_POS).load(Ordering::Acquire))
+            .map(|i| self.state(i, &self.slot_name(i)).ack_pos)
             .filter(|ack| valid_ack(*ack, write_pos, capacity))
             .min()
             .unwrap_or(write_pos)
@@ -472,6 +497,14 @@ impl Ring {
     fn data_offset(&self) -> usize {
         self.geometry.data_offset()
     }
+}
+
+/// A number no earlier ring at the same path had.
+fn incarnation() -> u64 {
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+    (nanos ^ (u64::from(std::process::id()) << 40) ^ serial.rotate_left(20)) | 1
 }
 
 /// Held while registering; released when dropped.

@@ -1,7 +1,8 @@
 //! The consumer side: read frames in order, acknowledge what was processed.
 
+use super::acks::Writable;
 use super::layout::*;
-use super::memory::{wait, wake_all};
+use super::memory::wait;
 use super::writer::parse_header;
 use super::{now_ms, process_alive, FrameMeta, Ring, RingError};
 use crate::position::Position;
@@ -27,7 +28,8 @@ pub struct Frame {
 /// sends rows again after a restart) is released as soon as it is read.
 pub struct RingReader {
     ring: Ring,
-    slot: usize,
+    /// This consumer's own state: all it writes.
+    state: Writable,
     read_pos: u64,
     /// Frames read and not yet released: (end position, last row).
     unacked: VecDeque<(u64, Position)>,
@@ -40,19 +42,17 @@ impl RingReader {
     /// row it acknowledged.
     pub fn attach(ring: Ring, name: &str) -> Result<RingReader, RingError> {
         let index = ring.find_slot(name).ok_or_else(|| RingError::NotRegistered(name.to_owned()))?;
-        let slot = slot_offset(index);
-        let r = &ring.region;
+        let state = ring.acks.open(name, ring.incarnation(), ring.start(index))?;
+        let mut current = state.get();
         let me = std::process::id();
-        let holder = r.u32_at(slot + SLOT_PID).load(Ordering::Acquire);
-        if holder != 0 && holder != me && process_alive(holder) {
-            return Err(RingError::InUse { name: name.to_owned(), pid: holder });
+        if current.pid != 0 && current.pid != me && process_alive(current.pid) {
+            return Err(RingError::InUse { name: name.to_owned(), pid: current.pid });
         }
-        r.u32_at(slot + SLOT_PID).store(me, Ordering::Release);
-        r.u64_at(slot + SLOT_HEARTBEAT).store(now_ms(), Ordering::Relaxed);
-        let read_pos = r.u64_at(slot + SLOT_ACK_POS).load(Ordering::Acquire);
-        r.u64_at(slot + SLOT_READ_POS).store(read_pos, Ordering::Relaxed);
-        let acked = ring.acked(index);
-        Ok(RingReader { ring, slot, read_pos, unacked: VecDeque::new(), acked })
+        current.pid = me;
+        current.heartbeat_ms = now_ms();
+        current.read_pos = current.ack_pos;
+        state.set(current);
+        Ok(RingReader { ring, state, read_pos: current.ack_pos, unacked: VecDeque::new(), acked: current.acked })
     }
 
     pub fn ring(&self) -> &Ring {
@@ -67,7 +67,7 @@ impl RingReader {
     /// The last transaction this consumer acknowledged completely (kept
     /// across restarts): what the slot may confirm on its behalf.
     pub fn acknowledged_lsn(&self) -> u64 {
-        self.ring.region.u64_at(self.slot + SLOT_ACK_LSN).load(Ordering::Acquire)
+        self.state.get().ack_lsn
     }
 
     /// The last row this consumer acknowledged (kept across restarts).
@@ -149,9 +149,10 @@ impl RingReader {
     fn advance(&mut self, end_pos: u64, last: Position) {
         self.read_pos = end_pos;
         self.unacked.push_back((end_pos, last));
-        let r = &self.ring.region;
-        r.u64_at(self.slot + SLOT_READ_POS).store(end_pos, Ordering::Relaxed);
-        r.u64_at(self.slot + SLOT_HEARTBEAT).store(now_ms(), Ordering::Relaxed);
+        let mut state = self.state.get();
+        state.read_pos = end_pos;
+        state.heartbeat_ms = now_ms();
+        self.state.set(state);
         self.release();
     }
 
@@ -163,12 +164,9 @@ impl RingReader {
         if r.u64_at(OFF_WRITE_POS).load(Ordering::Acquire) != self.read_pos {
             return;
         }
-        let waiting = r.u32_at(OFF_READERS_WAITING);
-        waiting.fetch_add(1, Ordering::AcqRel);
-        // The producer may have published between the check and the
-        // registration above; the sequence tells, and the wait returns.
+        // The producer may publish between the check and the wait: the
+        // sequence changed then, and the wait returns at once.
         wait(r.u32_at(OFF_DATA_SEQ), seen, timeout);
-        waiting.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// The next frame, sleeping up to `timeout` for one.
@@ -190,14 +188,14 @@ impl RingReader {
     /// that every transaction committed at or before `complete_lsn` is
     /// fully processed (the slot may confirm it). Neither goes backwards.
     pub fn ack_through(&mut self, through: Position, complete_lsn: u64) {
-        let r = &self.ring.region;
+        let mut state = self.state.get();
         if through > self.acked {
             self.acked = through;
-            r.u64_at(self.slot + SLOT_ACKED_COMMIT).store(through.commit_lsn, Ordering::Release);
-            r.u64_at(self.slot + SLOT_ACKED_INDEX).store(through.index, Ordering::Release);
+            state.acked = through;
         }
-        r.u64_at(self.slot + SLOT_ACK_LSN).fetch_max(complete_lsn, Ordering::AcqRel);
-        r.u64_at(self.slot + SLOT_HEARTBEAT).store(now_ms(), Ordering::Relaxed);
+        state.ack_lsn = state.ack_lsn.max(complete_lsn);
+        state.heartbeat_ms = now_ms();
+        self.state.set(state);
         self.release();
     }
 
@@ -212,12 +210,8 @@ impl RingReader {
             self.unacked.pop_front();
         }
         let Some(pos) = released else { return };
-        let r = &self.ring.region;
-        r.u64_at(self.slot + SLOT_ACK_POS).store(pos, Ordering::Release);
-        let space = r.u32_at(OFF_SPACE_SEQ);
-        space.fetch_add(1, Ordering::Release);
-        if r.u32_at(OFF_PRODUCER_WAITING).load(Ordering::Acquire) != 0 {
-            wake_all(space);
-        }
+        let mut state = self.state.get();
+        state.ack_pos = pos;
+        self.state.set(state);
     }
 }

@@ -229,7 +229,7 @@ fn a_consumer_registered_now_starts_after_the_last_transaction() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
     // Attaching needs a registration; one made now starts at the end.
-    let ring = file::open(&path).unwrap();
+    let ring = file::open_own(&path).unwrap();
     assert!(matches!(RingReader::attach(ring.clone(), "late"), Err(RingError::NotRegistered(_))));
     ring.register("late", Start::Now).unwrap();
     let mut late = RingReader::attach(ring, "late").unwrap();
@@ -251,9 +251,9 @@ fn names_are_checked_slots_run_out_and_a_live_holder_keeps_its_name() {
     ring.register("c1", Start::Now).unwrap(); // already registered: fine
     assert!(matches!(ring.register("one too many", Start::Now), Err(RingError::NoFreeSlot(16))));
     // A consumer held by another live process (pid 1) is refused.
-    let slot = slot_offset(ring.find_slot("c1").unwrap());
-    writer.ring().region.u32_at(slot + SLOT_PID).store(1, std::sync::atomic::Ordering::Relaxed);
-    assert!(matches!(RingReader::attach(ring.clone(), "c1"), Err(RingError::InUse { pid: 1, .. })));
+    let state = ring.acks.open("c1", ring.incarnation(), acks::State::default()).unwrap();
+    state.set(acks::State { pid: 1, ..state.get() });
+    assert!(matches!(RingReader::attach(writer.ring().clone(), "c1"), Err(RingError::InUse { pid: 1, .. })));
 }
 
 #[test]
@@ -284,9 +284,9 @@ fn racing_registrations_of_one_name_end_with_one_and_a_dead_holder_loses_the_loc
 fn an_impossible_consumer_position_holds_nothing_back_and_is_reported() {
     let (writer, ring) = ring(1024, &["good", "broken"]);
     let mut good = RingReader::attach(ring.clone(), "good").unwrap();
-    let broken = slot_offset(ring.find_slot("broken").unwrap());
     // An acknowledged position past the write position: corrupt or hostile.
-    ring.region.u64_at(broken + SLOT_ACK_POS).store(1 << 40, std::sync::atomic::Ordering::Release);
+    let broken = ring.acks.open("broken", ring.incarnation(), acks::State::default()).unwrap();
+    broken.set(acks::State { ack_pos: 1 << 40, ..broken.get() });
     for commit in 1..=20 {
         while write(&writer, &payload(0, 200), commit) == Written::Full {
             let f = good.try_next().unwrap().unwrap();

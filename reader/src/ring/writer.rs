@@ -1,7 +1,7 @@
 //! The producer side: append frames, never over unacknowledged ones.
 
 use super::layout::*;
-use super::memory::{wait, wake_all};
+use super::memory::wake_all;
 use super::{now_ms, Ring, RingError};
 use crate::position::Position;
 use std::sync::atomic::{fence, Ordering};
@@ -117,28 +117,26 @@ impl RingWriter {
         let r = &self.ring.region;
         let seq = r.u32_at(OFF_DATA_SEQ);
         seq.fetch_add(1, Ordering::Release);
-        if r.u32_at(OFF_READERS_WAITING).load(Ordering::Acquire) > 0 {
-            wake_all(seq);
-        }
+        // Readers cannot write the ring to say they sleep: always wake.
+        wake_all(seq);
     }
 
-    /// Appends one frame, sleeping up to `timeout` for room when the ring is
+    /// Appends one frame, waiting up to `timeout` for room when the ring is
     /// full. Returns [`Written::Full`] if there is still none, so the caller
-    /// can handle interrupts and call again.
+    /// can handle interrupts and call again. Consumers acknowledge in their
+    /// own files, which the producer does not map: it looks again after
+    /// 100 µs, doubling to 10 ms (only a full ring waits).
     pub fn write(&self, kind: u32, payload: &[u8], meta: &FrameMeta, timeout: Duration) -> Result<Written, RingError> {
-        let r = &self.ring.region;
-        let space = r.u32_at(OFF_SPACE_SEQ);
-        // Read the sequence before checking for room: an acknowledgement in
-        // between changes it and the futex wait returns at once.
-        let seen = space.load(Ordering::Acquire);
-        match self.try_write(kind, payload, meta)? {
-            Written::Full => {
-                r.u32_at(OFF_PRODUCER_WAITING).store(1, Ordering::Release);
-                wait(space, seen, timeout);
-                r.u32_at(OFF_PRODUCER_WAITING).store(0, Ordering::Release);
-                self.try_write(kind, payload, meta)
+        let deadline = std::time::Instant::now() + timeout;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            match self.try_write(kind, payload, meta)? {
+                Written::Full if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause.min(deadline.saturating_duration_since(std::time::Instant::now())));
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                outcome => return Ok(outcome),
             }
-            done => Ok(done),
         }
     }
 
