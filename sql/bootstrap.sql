@@ -45,6 +45,12 @@ CREATE TABLE pgcdc.consumers (
 );
 COMMENT ON TABLE pgcdc.consumers IS 'the named consumers of each stream: every ring keeps its changes until each of them acknowledged them';
 
+-- Which streams and routes exist is no secret (as pg_publication_tables
+-- is not); cdc_routes() and cdc_status() show each role the routes of the
+-- tables it may SELECT. Changing the catalog takes its owner.
+GRANT USAGE ON SCHEMA pgcdc TO PUBLIC;
+GRANT SELECT ON pgcdc.streams, pgcdc.routes, pgcdc.consumers TO PUBLIC;
+
 SELECT pg_catalog.pg_extension_config_dump('pgcdc.streams', '');
 SELECT pg_catalog.pg_extension_config_dump('pgcdc.routes', '');
 SELECT pg_catalog.pg_extension_config_dump('pgcdc.consumers', '');

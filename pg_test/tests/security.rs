@@ -167,6 +167,8 @@ fn ring_directories_another_user_made_or_reached_through_a_link_are_refused() {
         "{message}"
     );
     assert!(std::fs::read_dir(&planted).unwrap().next().is_none(), "nothing was written into it");
+    let slots: i64 = client.query_one("SELECT count(*) FROM pg_replication_slots", &[]).unwrap().get(0);
+    assert_eq!(slots, 0, "the slot made before the failure is gone with the transaction");
 
     // A symbolic link on the way.
     let real = scratch(&cluster, "real", 0o700);

@@ -71,6 +71,13 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
         if let Some(database) = elsewhere {
             return Err(SqlError::SlotElsewhere { slot: request.slot.clone(), database });
         }
+        // A slot someone else made (or a stream of another database's
+        // pgcdc) is not adopted: its position is not ours to move.
+        let ours: Option<bool> =
+            lookup::optional("SELECT true FROM pgcdc.streams WHERE slot_name = $1", &[request.slot.as_str().into()])?;
+        if ours.is_none() {
+            return Err(SqlError::ForeignSlot(request.slot.clone()));
+        }
     }
     let checks = config::checks(if slot_plugin.is_some() { 0 } else { 1 })?;
     if let Some(report) = config::report(&checks) {
@@ -86,6 +93,8 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
     }
 
     let tables = matched_tables(&request)?;
+    let publication = request.publication.clone().unwrap_or_else(|| request.slot.clone());
+    check_rights(&request, &publication, &tables)?;
     for table in tables.iter().filter(|t| t.identity == Identity::Missing) {
         let name = quote_qualified_identifier(&table.schema, &table.name);
         pgrx::warning!(
@@ -103,9 +112,12 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
             )?;
             Ok::<_, SqlError>(())
         })?;
+        // Not transactional: should anything after it fail, the slot goes
+        // too, instead of retaining WAL for nobody.
+        let slot = request.slot.clone();
+        register_xact_callback(PgXactCallbackEvent::Abort, move || worker::drop_slot(&slot));
     }
 
-    let publication = request.publication.clone().unwrap_or_else(|| request.slot.clone());
     sync_publication(&publication, &tables)?;
     if let Some(role) = &request.grant_to {
         grant(role, &tables)?;
@@ -151,6 +163,49 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
     }
     ensure_worker(&database, &request.slot)?;
     Ok(routes)
+}
+
+/// Everything the writes after the slot's creation need, checked before
+/// it: writing pgcdc's catalog, owning the tables (publications and grants
+/// need it), and a publication that is new or this stream's own.
+fn check_rights(request: &Request, publication: &str, tables: &[Table]) -> Result<(), SqlError> {
+    require_catalog_access()?;
+    let relids: Vec<i64> = tables.iter().map(|t| i64::from(t.relid)).collect();
+    let foreign: Option<Vec<String>> = lookup::optional(
+        "SELECT array_agg(c.oid::regclass::text ORDER BY 1) FROM pg_class c
+         WHERE c.oid = ANY ($1::int8[]::oid[]) AND NOT pg_has_role(current_user, c.relowner, 'USAGE')",
+        &[relids.into()],
+    )?;
+    if let Some(tables) = foreign.filter(|t| !t.is_empty()) {
+        return Err(SqlError::NotOwner(tables));
+    }
+    let existing: Option<bool> =
+        lookup::optional("SELECT true FROM pg_publication WHERE pubname = $1", &[publication.into()])?;
+    if existing.is_some() {
+        let ours: Option<bool> = lookup::optional(
+            "SELECT true FROM pgcdc.streams WHERE slot_name = $1 AND publication_name = $2",
+            &[request.slot.as_str().into(), publication.into()],
+        )?;
+        if ours.is_none() {
+            return Err(SqlError::ForeignPublication(publication.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// Configuring takes writing pgcdc's catalog: checked first, for a clear
+/// error instead of one from halfway through.
+pub(super) fn require_catalog_access() -> Result<(), SqlError> {
+    let catalog: Option<bool> = lookup::optional(
+        "SELECT bool_and(has_table_privilege(c, p))
+         FROM unnest(ARRAY['pgcdc.streams', 'pgcdc.routes', 'pgcdc.consumers']) c,
+              unnest(ARRAY['INSERT', 'UPDATE', 'DELETE']) p",
+        &[],
+    )?;
+    if catalog != Some(true) {
+        return Err(SqlError::NoCatalogAccess);
+    }
+    Ok(())
 }
 
 /// Refuses to change how an existing stream routes its tables: its rings
@@ -366,6 +421,7 @@ fn start_at_commit(database: &str, slot: &str) {
 
 /// Drops a stream: its slot, its publication and its catalog rows.
 pub fn drop(slot: &str) -> Result<(), SqlError> {
+    require_catalog_access()?;
     let publication: Option<String> =
         lookup::optional("SELECT publication_name::text FROM pgcdc.streams WHERE slot_name = $1", &[slot.into()])?;
     let Some(publication) = publication else { return Err(SqlError::NoSuchStream(slot.to_owned())) };

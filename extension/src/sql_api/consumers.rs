@@ -25,6 +25,7 @@ fn group() -> Result<Option<u32>, RingError> {
 /// Registers consumer `name` for stream `slot`: it receives every change
 /// committed from now on. Returns whether it was new.
 pub fn register(slot: &str, name: &str) -> Result<bool, SqlError> {
+    super::configure::require_catalog_access()?;
     if name.is_empty() || name.len() > NAME_MAX {
         return Err(SqlError::ConsumerName(name.to_owned()));
     }
@@ -53,6 +54,7 @@ pub fn register(slot: &str, name: &str) -> Result<bool, SqlError> {
 /// Drops consumer `name` of stream `slot`; what it held is released when
 /// the transaction commits.
 pub fn drop(slot: &str, name: &str) -> Result<(), SqlError> {
+    super::configure::require_catalog_access()?;
     let removed = pgrx::spi::Spi::connect_mut(|client| {
         let deleted = client.update(
             "DELETE FROM pgcdc.consumers WHERE slot_name = $1 AND consumer_name = $2 RETURNING true",

@@ -37,6 +37,14 @@ pub enum SqlError {
     NoSuchConsumer { slot: String, name: String },
     #[error("pgcdc rings: {0}")]
     Ring(#[from] pgcdc_reader::ring::RingError),
+    #[error("replication slot \"{0}\" exists and is not a pgcdc stream")]
+    ForeignSlot(String),
+    #[error("publication \"{0}\" exists and is not this stream's")]
+    ForeignPublication(String),
+    #[error("the current role does not own {}", .0.join(", "))]
+    NotOwner(Vec<String>),
+    #[error("the current role may not write pgcdc's catalog (the pgcdc schema's tables)")]
+    NoCatalogAccess,
     #[error(transparent)]
     Spi(#[from] pgrx::spi::Error),
 }
@@ -65,6 +73,8 @@ impl Report for SqlError {
             SqlError::ConsumerName(_) => ERRCODE_INVALID_PARAMETER_VALUE,
             SqlError::NoSuchConsumer { .. } => ERRCODE_UNDEFINED_OBJECT,
             SqlError::Ring(_) => ERRCODE_IO_ERROR,
+            SqlError::ForeignSlot(_) | SqlError::ForeignPublication(_) => ERRCODE_DUPLICATE_OBJECT,
+            SqlError::NotOwner(_) | SqlError::NoCatalogAccess => ERRCODE_INSUFFICIENT_PRIVILEGE,
             SqlError::Spi(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -82,6 +92,18 @@ impl Report for SqlError {
                 Some(format!("See SELECT consumer_name FROM pgcdc.consumers WHERE slot_name = '{slot}'."))
             }
             SqlError::Ring(_) => Some("Check pgcdc.ring_directory: it must be writable by the server's OS user.".into()),
+            SqlError::ForeignSlot(slot) => Some(format!(
+                "Choose another slot_name, or, if nothing uses the slot, drop it with pg_drop_replication_slot('{slot}')."
+            )),
+            SqlError::ForeignPublication(_) => {
+                Some("Choose another publication_name (by default the slot's name): pgcdc sets a publication's table list.".into())
+            }
+            SqlError::NotOwner(_) => Some(
+                "Publishing a table takes its owner (or a member of the owning role): run cdc_auto_configure as that role, or exclude the table.".into(),
+            ),
+            SqlError::NoCatalogAccess => Some(
+                "As a superuser: GRANT USAGE ON SCHEMA pgcdc TO <role>; GRANT INSERT, UPDATE, DELETE, SELECT ON ALL TABLES IN SCHEMA pgcdc TO <role>;".into(),
+            ),
             SqlError::Pattern(_) => Some(
                 "Patterns are schema.table regular expressions: * alone means any name, \\. any character, and \"Quoted\" parts are exact names."
                     .into(),

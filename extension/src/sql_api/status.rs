@@ -3,7 +3,8 @@
 //!
 //! A stream's routes are the ones `cdc_auto_configure` recorded plus any
 //! ring the worker made for a table published some other way: every ring
-//! is shown, since every ring holds changes someone may be waiting for.
+//! is shown, since every ring holds changes someone may be waiting for —
+//! to a role that may SELECT its table (the others' routes it does not see).
 
 use super::configure::worker_pids;
 use super::error::SqlError;
@@ -30,7 +31,8 @@ pub fn routes(slot: Option<&str>) -> Result<Vec<RouteRow>, SqlError> {
             "SELECT r.slot_name::text, r.relid::int8, r.schema_name::text, r.table_name::text, r.route, r.partition,
                     r.partitions, s.route_by_table
              FROM pgcdc.routes r JOIN pgcdc.streams s USING (slot_name)
-             WHERE $1::text IS NULL OR r.slot_name = $1
+             WHERE ($1::text IS NULL OR r.slot_name = $1)
+               AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = r.relid AND has_table_privilege(c.oid, 'SELECT'))
              ORDER BY 1, 3, 4, 6",
             None,
             &[slot.into()],
@@ -74,7 +76,15 @@ pub fn routes(slot: Option<&str>) -> Result<Vec<RouteRow>, SqlError> {
                 continue;
             }
             let Ok(ring) = file::open(&path) else { continue };
-            let route = ring.identity().route;
+            let identity = ring.identity();
+            let readable: Option<bool> = super::lookup::optional(
+                "SELECT has_table_privilege(c.oid, 'SELECT') FROM pg_class c WHERE c.oid = $1::int8::oid",
+                &[i64::from(identity.relation).into()],
+            )?;
+            if readable != Some(true) {
+                continue;
+            }
+            let route = identity.route;
             let (schema, table) = route.split_once('.').map(|(s, t)| (s.to_owned(), t.to_owned())).unwrap_or_default();
             rows.push(RouteRow { slot: slot.clone(), schema, table, route, ring_path });
         }
