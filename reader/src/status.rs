@@ -14,8 +14,9 @@ pub struct RouteStatus {
     pub lag_seconds: f64,
     pub ring_fill_bytes: i64,
     pub ring_capacity_bytes: i64,
-    /// `name (pid N)` of each registered consumer; `name (gone)` when its
-    /// process is not running.
+    /// `name (pid N)` of each registered consumer (`name (gone)` when its
+    /// process is not running), with `, B bytes behind, idle S s` while it
+    /// has frames to acknowledge.
     pub consumers: Vec<String>,
     pub changes_per_second: i64,
 }

@@ -1,5 +1,6 @@
 //! A corrupted ring gives errors, never a crash: random damage to a real
-//! ring file (header, schema area, frames) is opened and read to the end.
+//! ring file (header, schema area, frames) and to a consumer's state file
+//! is opened and read to the end, and the producer's view of it taken.
 
 use pgcdc_reader::ring::layout::{Geometry, KIND_BATCH, KIND_SPILL};
 use pgcdc_reader::ring::{file, FrameMeta, Identity, RingReader, RingWriter, Written};
@@ -71,8 +72,20 @@ fn random_damage_is_an_error_or_a_frame_never_a_panic() {
             bytes.truncate((rng.next() % bytes.len() as u64) as usize);
         }
         std::fs::write(&path, &bytes).unwrap();
-        // The consumer starts where it was after the setup, every round.
-        std::fs::write(dir.join("r.default.ack"), &pristine_state).unwrap();
+        // The consumer starts where it was after the setup, every round;
+        // in some rounds its own state file is damaged too (the one file a
+        // reader writes).
+        let mut state = pristine_state.clone();
+        if round % 3 == 0 {
+            for _ in 0..1 + rng.next() % 4 {
+                let at = (rng.next() % state.len() as u64) as usize;
+                state[at] = rng.next() as u8;
+            }
+        }
+        if round % 11 == 0 {
+            state.truncate((rng.next() % state.len() as u64) as usize);
+        }
+        std::fs::write(dir.join("r.default.ack"), &state).unwrap();
         let ring = match file::open(&path) {
             Ok(ring) => ring,
             Err(_) => {
@@ -80,8 +93,8 @@ fn random_damage_is_an_error_or_a_frame_never_a_panic() {
                 continue;
             }
         };
-        let _ = ring.status();
-        let _ = ring.schema();
+        let status = ring.status();
+        let _ = (status.fill(), status.invalid_consumers(), ring.schema());
         let mut reader = match RingReader::attach(ring, "default") {
             Ok(reader) => reader,
             Err(_) => {

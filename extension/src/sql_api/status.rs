@@ -138,18 +138,28 @@ pub fn status() -> Result<Vec<RouteStatus>, SqlError> {
             lag_seconds: ring.as_ref().map_or(0.0, |r| r.lag_ms(now) as f64 / 1000.0),
             ring_fill_bytes: ring.as_ref().map_or(0, |r| r.fill() as i64),
             ring_capacity_bytes: ring.as_ref().map_or(0, |r| r.capacity as i64),
-            consumers: ring.as_ref().map_or_else(Vec::new, |r| {
-                r.consumers
-                    .iter()
-                    .map(|c| if c.alive { format!("{} (pid {})", c.name, c.pid) } else { format!("{} (gone)", c.name) })
-                    .collect()
-            }),
+            consumers: ring
+                .as_ref()
+                .map_or_else(Vec::new, |r| r.consumers.iter().map(|c| describe(r, c, now)).collect()),
             changes_per_second: ring.as_ref().map_or(0, |r| r.rows_per_second as i64),
             slot,
             route,
         });
     }
     Ok(out)
+}
+
+/// A consumer as `cdc_status()` lists it: `name (pid N)`, or `name
+/// (gone)` when its process is not running, and, while it has frames to
+/// acknowledge, how far behind it is and since when it was last seen.
+fn describe(ring: &pgcdc_reader::ring::RingStatus, c: &pgcdc_reader::ring::ConsumerStatus, now: u64) -> String {
+    let who = if c.alive { format!("pid {}", c.pid) } else { "gone".to_owned() };
+    if ring.is_valid(c) && c.ack_pos < ring.write_pos {
+        let idle = now.saturating_sub(c.heartbeat_ms) / 1000;
+        format!("{} ({who}, {} bytes behind, idle {idle} s)", c.name, ring.write_pos - c.ack_pos)
+    } else {
+        format!("{} ({who})", c.name)
+    }
 }
 
 /// One consumer of one ring.
