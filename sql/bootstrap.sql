@@ -39,7 +39,10 @@ COMMENT ON TABLE pgcdc.routes IS 'the tables of each stream and the route (ring)
 
 CREATE TABLE pgcdc.consumers (
     slot_name     name NOT NULL REFERENCES pgcdc.streams ON DELETE CASCADE,
-    consumer_name text NOT NULL CHECK (length(consumer_name) BETWEEN 1 AND 64),
+    consumer_name text NOT NULL CHECK (octet_length(consumer_name) BETWEEN 1 AND 64),
+    -- The one OS user that may read as the consumer (NULL: the first that
+    -- does keeps it).
+    os_user       name,
     registered_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (slot_name, consumer_name)
 );

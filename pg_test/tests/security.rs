@@ -67,10 +67,14 @@ fn ring_directory(client: &mut postgres::Client, dir: &Path) {
 /// Runs the crash tests' consumer on `ring` as OS user `user`; returns its
 /// exit status and what it recorded or said.
 fn consume_as(user: &str, ring: &Path, dir: &Path) -> (bool, String, String) {
-    let (output, stop) = (dir.join(format!("{user}.txt")), dir.join(format!("{user}.stop")));
+    consume_as_consumer(user, "default", ring, dir)
+}
+
+fn consume_as_consumer(user: &str, consumer: &str, ring: &Path, dir: &Path) -> (bool, String, String) {
+    let (output, stop) = (dir.join(format!("{user}.{consumer}.txt")), dir.join(format!("{user}.stop")));
     std::fs::write(&stop, b"").unwrap();
     let result = Command::new("runuser")
-        .args(["-u", user, "--"])
+        .args(["-u", user, "--", "env", &format!("PGCDC_CONSUMER={consumer}")])
         .arg(env!("CARGO_BIN_EXE_consume"))
         .arg(&output)
         .arg(&stop)
@@ -116,6 +120,19 @@ fn readers_of_the_ring_group_read_and_acknowledge_and_others_are_refused() {
     }
     let (ok, _, said) = consume_as(PEER, &ring, &dir);
     assert!(!ok && said.contains("is read by the OS user with uid"), "only {READER} reads as default: {said}");
+
+    // A consumer bound to an OS user is that user's before it ever reads.
+    client.batch_execute(&format!("SELECT cdc_register_consumer('shared', 'bound', os_user => '{READER}')")).unwrap();
+    let (ok, _, said) = consume_as_consumer(PEER, "bound", &ring, &dir);
+    assert!(!ok && said.contains("consumer \"bound\" is read by the OS user with uid"), "{said}");
+    client.batch_execute("INSERT INTO t VALUES (11)").unwrap();
+    let (ok, recorded, said) = consume_as_consumer(READER, "bound", &ring, &dir);
+    assert!(ok, "{READER} reads as bound: {said}");
+    assert_eq!(
+        recorded.lines().filter(|l| !l.starts_with('@')).count(),
+        1,
+        "what was committed since it was registered"
+    );
 
     // Modes: rings readable by the group, the stream's directory open to
     // its readers' state files (sticky), nothing for others.

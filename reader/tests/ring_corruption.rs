@@ -25,7 +25,7 @@ fn random_damage_is_an_error_or_a_frame_never_a_panic() {
     let path = dir.join("r.ring");
     let geometry = Geometry::new(4096);
     {
-        let consumers = ["default".to_string()];
+        let consumers = [pgcdc_reader::ring::Consumer::named("default")];
         let writer =
             RingWriter::new(file::open_or_create(&path, geometry, &Identity::default(), &consumers, None).unwrap());
         writer.publish_schema(b"a schema").unwrap();

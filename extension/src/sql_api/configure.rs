@@ -153,7 +153,7 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
         .unzip();
     record(&request, &publication, &routes)?;
     if let Some(consumer) = &request.consumer {
-        consumers::register(&request.slot, consumer)?;
+        consumers::register(&request.slot, consumer, None)?;
     }
     // Readers may attach before the first change: every route has a ring
     // (the worker would make one on the first change of its table).

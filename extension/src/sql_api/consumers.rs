@@ -14,7 +14,7 @@ use super::lookup;
 use crate::{gucs, worker};
 use pgcdc_reader::ring::file::{self, Registry};
 use pgcdc_reader::ring::layout::NAME_MAX;
-use pgcdc_reader::ring::{RingError, Start};
+use pgcdc_reader::ring::{Consumer, RingError, Start};
 use pgrx::{register_xact_callback, PgXactCallbackEvent};
 use std::path::{Path, PathBuf};
 
@@ -23,12 +23,15 @@ fn group() -> Result<Option<u32>, RingError> {
 }
 
 /// Registers consumer `name` for stream `slot`: it receives every change
-/// committed from now on. Returns whether it was new.
-pub fn register(slot: &str, name: &str) -> Result<bool, SqlError> {
+/// committed from now on; only OS user `os_user` may read as it, when one
+/// is given (else the first OS user that does keeps it). Returns whether
+/// it was new.
+pub fn register(slot: &str, name: &str, os_user: Option<&str>) -> Result<bool, SqlError> {
     super::configure::require_catalog_access()?;
-    if name.is_empty() || name.len() > NAME_MAX {
+    if name.is_empty() || name.len() > NAME_MAX || name.chars().any(char::is_control) {
         return Err(SqlError::ConsumerName(name.to_owned()));
     }
+    let owner = os_user.map(file::user_id).transpose()?;
     let stream: Option<bool> = lookup::optional("SELECT true FROM pgcdc.streams WHERE slot_name = $1", &[slot.into()])?;
     if stream.is_none() {
         return Err(SqlError::NoSuchStream(slot.to_owned()));
@@ -41,11 +44,11 @@ pub fn register(slot: &str, name: &str) -> Result<bool, SqlError> {
         return Ok(false);
     }
     pgrx::spi::Spi::run_with_args(
-        "INSERT INTO pgcdc.consumers (slot_name, consumer_name) VALUES ($1, $2)",
-        &[slot.into(), name.into()],
+        "INSERT INTO pgcdc.consumers (slot_name, consumer_name, os_user) VALUES ($1, $2, $3)",
+        &[slot.into(), name.into(), os_user.into()],
     )?;
     let dir = worker::stream_dir(slot);
-    let added = add_to_rings(&dir, name)?;
+    let added = add_to_rings(&dir, &Consumer { name: name.to_owned(), owner })?;
     let name = name.to_owned();
     register_xact_callback(PgXactCallbackEvent::Abort, move || remove_from_rings(&dir, &name, Some(&added)));
     Ok(true)
@@ -75,19 +78,19 @@ pub fn drop(slot: &str, name: &str) -> Result<(), SqlError> {
 /// Adds `name` to the registry in `dir` and to every ring there, under
 /// the registry's lock (so a ring the worker creates meanwhile gets it
 /// too). Returns what was new to it: what an abort takes back.
-fn add_to_rings(dir: &Path, name: &str) -> Result<Added, RingError> {
+fn add_to_rings(dir: &Path, consumer: &Consumer) -> Result<Added, RingError> {
     let mut registry = Registry::lock(dir, group()?)?;
-    let mut names = registry.names()?;
-    let in_registry = !names.iter().any(|n| n == name);
+    let mut consumers = registry.consumers()?;
+    let in_registry = !consumers.iter().any(|c| c.name == consumer.name);
     if in_registry {
-        names.push(name.to_owned());
-        registry.set(&names)?;
+        consumers.push(consumer.clone());
+        registry.set(&consumers)?;
     }
     let mut rings = Vec::new();
     for path in file::rings_in(dir)? {
         let ring = file::open_own(&path)?;
-        if !ring.consumers().iter().any(|n| n == name) {
-            ring.register(name, Start::Now)?;
+        if !ring.consumers().contains(&consumer.name) {
+            ring.register(consumer, Start::Now)?;
             rings.push(path);
         }
     }
@@ -107,8 +110,8 @@ fn remove_from_rings(dir: &Path, name: &str, added: Option<&Added>) {
     let outcome = (|| -> Result<(), RingError> {
         let mut registry = Registry::lock(dir, group()?)?;
         if added.is_none_or(|a| a.in_registry) {
-            let names: Vec<String> = registry.names()?.into_iter().filter(|n| n != name).collect();
-            registry.set(&names)?;
+            let consumers: Vec<Consumer> = registry.consumers()?.into_iter().filter(|c| c.name != name).collect();
+            registry.set(&consumers)?;
         }
         let rings = match added {
             Some(added) => added.rings.clone(),

@@ -180,11 +180,12 @@ fn cdc_drop(slot_name: &str) {
 }
 
 /// Registers a named consumer of a stream: every ring keeps each change
-/// committed from now on until this consumer acknowledged it. Returns
-/// whether it was new.
+/// committed from now on until this consumer acknowledged it. Only OS user
+/// `os_user` may read as it when one is given; otherwise the first OS user
+/// that reads as it keeps it. Returns whether it was new.
 #[pg_extern]
-fn cdc_register_consumer(slot_name: &str, consumer: &str) -> bool {
-    consumers::register(slot_name, consumer).or_report()
+fn cdc_register_consumer(slot_name: &str, consumer: &str, os_user: default!(Option<&str>, "NULL")) -> bool {
+    consumers::register(slot_name, consumer, os_user).or_report()
 }
 
 /// Drops a named consumer of a stream: what it has not acknowledged is

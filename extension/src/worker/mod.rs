@@ -57,7 +57,7 @@ pub fn start(database: &str, slot: &str) -> Result<(), String> {
 struct Stream {
     publication: String,
     shape: Shape,
-    consumers: Vec<String>,
+    consumers: Vec<pgcdc_reader::ring::Consumer>,
 }
 
 /// What the rings of stream `slot` are made of: the size and group the
@@ -117,12 +117,17 @@ fn load_stream(slot: &str) -> Result<Option<Stream>, pgrx::spi::Error> {
         };
         let consumers = client
             .select(
-                "SELECT consumer_name::text FROM pgcdc.consumers WHERE slot_name = $1 ORDER BY 1",
+                "SELECT consumer_name::text, os_user::text FROM pgcdc.consumers WHERE slot_name = $1 ORDER BY 1",
                 None,
                 &[slot.into()],
             )?
-            .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|row| {
+                let name: String = row.get(1)?.unwrap_or_default();
+                // A user that went away keeps the consumer from everybody.
+                let owner = row.get::<String>(2)?.map(|user| file::user_id(&user).unwrap_or(u32::MAX - 1));
+                Ok(pgcdc_reader::ring::Consumer { name, owner })
+            })
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()?;
         Ok(Some(Stream { publication, shape, consumers }))
     })
 }

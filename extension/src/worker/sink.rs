@@ -19,7 +19,7 @@ use pgcdc_reader::partition::split_changes;
 use pgcdc_reader::position::Position;
 use pgcdc_reader::ring::file::{self, Registry, RingKey};
 use pgcdc_reader::ring::layout::{frame_size, Geometry, KIND_BATCH, KIND_SPILL};
-use pgcdc_reader::ring::{now_ms, FrameMeta, Identity, Ring, RingError, RingWriter, Start, Written};
+use pgcdc_reader::ring::{now_ms, Consumer, FrameMeta, Identity, Ring, RingError, RingWriter, Start, Written};
 use pgrx::pg_sys;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -86,7 +86,7 @@ impl Sink {
     /// its registry, registers them on the rings that exist, and replaces
     /// rings that belong to another history of the cluster (another
     /// timeline, or acknowledged past the end of the WAL).
-    pub fn open(dir: &Path, shape: Shape, settings: RingSettings, consumers: &[String]) -> Result<Sink, RingError> {
+    pub fn open(dir: &Path, shape: Shape, settings: RingSettings, consumers: &[Consumer]) -> Result<Sink, RingError> {
         let mut sink = Sink {
             dir: dir.to_owned(),
             shape,
@@ -97,11 +97,10 @@ impl Sink {
             scanned: Instant::now(),
         };
         let mut registry = Registry::lock(dir, sink.settings.group)?;
-        let mut names = registry.names()?;
-        for name in consumers {
-            if !names.contains(name) {
-                names.push(name.clone());
-            }
+        let mut names = registry.consumers()?;
+        for consumer in consumers {
+            names.retain(|c| c.name != consumer.name);
+            names.push(consumer.clone());
         }
         registry.set(&names)?;
         // A consumer registered from now on is added to the rings by
@@ -142,8 +141,8 @@ impl Sink {
                 RingWriter::new(ring).retire();
                 ring = fresh;
             }
-            for name in &names {
-                ring.register(name, Start::Now)?;
+            for consumer in &names {
+                ring.register(consumer, Start::Now)?;
             }
             sink.routes.insert(key, Route::new(RingWriter::new(ring), path));
         }
@@ -475,10 +474,10 @@ pub fn open_ring(
     let (relation, partition) = key.relation_and_partition();
     let identity = Identity { relation, partition, route: display.to_owned(), ..settings.identity.clone() };
     let mut registry = Registry::lock(dir, settings.group)?;
-    let consumers = registry.names()?;
+    let consumers = registry.consumers()?;
     let ring = file::open_or_create(&path, settings.geometry, &identity, &consumers, settings.group)?;
-    for name in &consumers {
-        ring.register(name, Start::Now)?;
+    for consumer in &consumers {
+        ring.register(consumer, Start::Now)?;
     }
     Ok((path, ring))
 }

@@ -6,7 +6,8 @@
 //! resumes there, so every row is in the file exactly once.
 //!
 //! Usage: consume <output file> <stop file> <ring file>…
-//! Runs until the stop file exists and no row arrived for a second.
+//! Reads as consumer `default`, or `$PGCDC_CONSUMER`. Runs until the stop
+//! file exists and no row arrived for a second.
 
 use pgcdc_reader::changes::{max_commit_lsn, ChangeReader};
 use pgcdc_reader::{merge_streams, Position};
@@ -32,10 +33,11 @@ fn main() {
         }
     }
     std::fs::write(output, &recorded.as_bytes()[..kept]).expect("cut the output back");
+    let consumer = std::env::var("PGCDC_CONSUMER").unwrap_or_else(|_| "default".into());
     let mut readers: Vec<ChangeReader> = rings
         .iter()
         .map(|ring| {
-            ChangeReader::open_waiting(ring.as_ref(), "default", Duration::from_secs(60))
+            ChangeReader::open_waiting(ring.as_ref(), &consumer, Duration::from_secs(60))
                 .unwrap_or_else(|e| panic!("open a ring: {e}"))
         })
         .collect();

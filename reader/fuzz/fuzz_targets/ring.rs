@@ -7,13 +7,13 @@
 
 use libfuzzer_sys::fuzz_target;
 use pgcdc_reader::ring::layout::{Geometry, KIND_BATCH};
-use pgcdc_reader::ring::{FrameMeta, Identity, Region, Ring, RingReader, RingWriter};
+use pgcdc_reader::ring::{Consumer, FrameMeta, Identity, Region, Ring, RingReader, RingWriter};
 use pgcdc_reader::Position;
 
 fuzz_target!(|data: &[u8]| {
     let geometry = Geometry::new(4096);
     let len = geometry.file_len();
-    let consumers = ["default".to_string(), "other".to_string()];
+    let consumers = [Consumer::named("default"), Consumer::named("other")];
     let ring = Ring::create(Region::heap(len), geometry, &Identity::default(), &consumers).expect("a fresh ring");
     let writer = RingWriter::new(ring.clone());
     writer.publish_schema(b"schema").expect("fits");

@@ -79,13 +79,17 @@ impl Acks {
     }
 
     /// Consumer `name`'s state, if it has one for this incarnation of the
-    /// ring (None: it never attached).
-    pub fn read(&self, name: &str, incarnation: u64) -> Option<State> {
+    /// ring (None: it never attached), kept by `owner` when one is set (a
+    /// file of another user is no state of this consumer's).
+    pub fn read(&self, name: &str, incarnation: u64, owner: Option<u32>) -> Option<State> {
         match self {
             Acks::Files { dir, stem } => {
                 let path = Acks::path(dir, stem, name);
                 let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
-                for _ in 0..100 {
+                if owner.is_some_and(|uid| file.metadata().map(|m| m.uid()).ok() != Some(uid)) {
+                    return None;
+                }
+                for attempt in 0..BUSY_ATTEMPTS {
                     let mut bytes = [0u8; STATE_BYTES];
                     let read = file.read_at(&mut bytes, 0).ok()?;
                     if read < STATE_BYTES {
@@ -93,7 +97,7 @@ impl Acks {
                     }
                     match decode(&bytes, incarnation) {
                         Decoded::State(state) => return Some(state),
-                        Decoded::Busy => std::thread::yield_now(),
+                        Decoded::Busy => pause(attempt),
                         Decoded::None => return None,
                     }
                 }
@@ -101,10 +105,10 @@ impl Acks {
             }
             Acks::Memory(states) => {
                 let region = states.lock().expect("ack states").get(name).cloned()?;
-                for _ in 0..100 {
+                for attempt in 0..BUSY_ATTEMPTS {
                     match decode(&region.read(0, STATE_BYTES), incarnation) {
                         Decoded::State(state) => return Some(state),
-                        Decoded::Busy => std::thread::yield_now(),
+                        Decoded::Busy => pause(attempt),
                         Decoded::None => return None,
                     }
                 }
@@ -116,7 +120,14 @@ impl Acks {
     /// The state of consumer `name` for its reader to write, made (from
     /// `start`) if it has none for this incarnation. A state file of
     /// another OS user is refused: that user reads as this consumer.
-    pub fn open(&self, name: &str, incarnation: u64, start: State) -> Result<Writable, RingError> {
+    pub fn open(&self, name: &str, incarnation: u64, start: State, owner: Option<u32>) -> Result<Writable, RingError> {
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if let (Some(uid), Acks::Files { .. }) = (owner, self) {
+            if uid != me {
+                return Err(RingError::KeptBy { name: name.to_owned(), uid });
+            }
+        }
         let region = match self {
             Acks::Files { dir, stem } => {
                 let path = Acks::path(dir, stem, name);
@@ -132,8 +143,6 @@ impl Acks {
                     Ok(file) => file,
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                         let owner = std::fs::symlink_metadata(&path).map_err(io)?.uid();
-                        // SAFETY: geteuid has no preconditions.
-                        let me = unsafe { libc::geteuid() };
                         if owner != me {
                             return Err(RingError::KeptBy { name: name.to_owned(), uid: owner });
                         }
@@ -175,6 +184,20 @@ impl Acks {
                 states.lock().expect("ack states").remove(name);
             }
         }
+    }
+}
+
+/// How often a state being written is read again before giving up (its
+/// writer was stopped in the middle: about 0.2 s in all).
+const BUSY_ATTEMPTS: u32 = 2100;
+
+/// Waits a little before reading a state being written again: its writer
+/// takes nanoseconds, unless the scheduler stopped it halfway.
+fn pause(attempt: u32) {
+    if attempt < 100 {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(std::time::Duration::from_micros(100));
     }
 }
 

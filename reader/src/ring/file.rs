@@ -16,7 +16,7 @@
 
 use super::layout::Geometry;
 use super::memory::Region;
-use super::{Identity, Ring, RingError};
+use super::{Consumer, Identity, Ring, RingError};
 use memmap2::MmapRaw;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -106,6 +106,27 @@ pub fn group_id(name: &str) -> Result<u32, RingError> {
         return Err(not_found());
     }
     Ok(group.gr_gid)
+}
+
+/// The uid of an OS user, by name.
+pub fn user_id(name: &str) -> Result<u32, RingError> {
+    let not_found = || RingError::Io {
+        path: format!("user {name}"),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such user"),
+    };
+    let c_name = std::ffi::CString::new(name).map_err(|_| not_found())?;
+    // SAFETY: a zeroed passwd is a valid (empty) value; getpwnam_r writes
+    // only into it and into `buffer`, whose sizes it is given, and sets
+    // `found` to `&user` or null.
+    let mut user: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: as above.
+    let rc = unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut user, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+    if rc != 0 || found.is_null() {
+        return Err(not_found());
+    }
+    Ok(user.pw_uid)
 }
 
 /// Whether this process belongs to group `gid` (so that it may give files
@@ -256,7 +277,7 @@ pub fn open_or_create(
     path: &Path,
     geometry: Geometry,
     identity: &Identity,
-    consumers: &[String],
+    consumers: &[Consumer],
     group: Option<u32>,
 ) -> Result<Ring, RingError> {
     match open_own(path) {
@@ -287,7 +308,7 @@ fn create_at(
     path: &Path,
     geometry: Geometry,
     identity: &Identity,
-    consumers: &[String],
+    consumers: &[Consumer],
     group: Option<u32>,
 ) -> Result<(), RingError> {
     let file = OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(path).map_err(io(path))?;
@@ -362,18 +383,27 @@ impl Registry {
         Ok(Registry { file, path })
     }
 
-    /// The registered consumers' names.
-    pub fn names(&mut self) -> Result<Vec<String>, RingError> {
+    /// The registered consumers: a line each, the owner's uid (or `-`), a
+    /// tab, and the name (which has no control characters).
+    pub fn consumers(&mut self) -> Result<Vec<Consumer>, RingError> {
         let mut text = String::new();
         self.file.rewind().map_err(io(&self.path))?;
         self.file.read_to_string(&mut text).map_err(io(&self.path))?;
-        Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
+        Ok(text
+            .lines()
+            .filter_map(|line| {
+                let (owner, name) = line.split_once('\t')?;
+                Some(Consumer { name: name.to_owned(), owner: owner.parse().ok() })
+            })
+            .collect())
     }
 
     /// Replaces the list of registered consumers.
-    pub fn set(&mut self, names: &[String]) -> Result<(), RingError> {
-        let mut text = names.join("\n");
-        text.push('\n');
+    pub fn set(&mut self, consumers: &[Consumer]) -> Result<(), RingError> {
+        let mut text = String::new();
+        for c in consumers {
+            text.push_str(&format!("{}\t{}\n", c.owner.map_or("-".to_owned(), |u| u.to_string()), c.name));
+        }
         self.file.set_len(0).map_err(io(&self.path))?;
         self.file.rewind().map_err(io(&self.path))?;
         self.file.write_all(text.as_bytes()).map_err(io(&self.path))

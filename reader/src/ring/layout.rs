@@ -20,7 +20,7 @@
 //!       │ slot name length u32 │ route name length u32 │ slot name [64]       │
 //!       │ route name [184] (for people; files are named by relation OID)    │
 //!  512  ├── consumer slots, 128 bytes each: who is registered, from where ────┤
-//!       │ state u32 │ … │ start: ack_pos u64 (+8) │ ack_lsn u64 (+16) │        │
+//!       │ state u32 │ owner uid u32 │ start: ack_pos u64 (+8) │ ack_lsn (+16) │
 //!       │ acked commit u64 (+24) │ acked index u64 (+32) │ name_len u32 (+40)│
 //!       │ name [64] at +64  (what each consumer did: its own file, acks.rs)  │
 //! 4096  ├── schema area ─────────────────────────────────────────────────────┤
@@ -139,6 +139,10 @@ pub const ROUTE_NAME_MAX: usize = 184;
 pub const OFF_SLOTS: usize = 512;
 pub const SLOT_BYTES: usize = 128;
 pub const SLOT_STATE: usize = 0;
+/// The uid of the one OS user that may read as the consumer, or
+/// [`ANY_OWNER`].
+pub const SLOT_OWNER: usize = 4;
+pub const ANY_OWNER: u32 = u32::MAX;
 pub const SLOT_START_ACK_POS: usize = 8;
 pub const SLOT_START_ACK_LSN: usize = 16;
 pub const SLOT_START_COMMIT: usize = 24;

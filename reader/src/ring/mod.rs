@@ -54,7 +54,7 @@ pub enum RingError {
     TooLarge { frame: u64, capacity: u64 },
     #[error("all {0} reader slots of the ring are taken; drop an unused consumer (cdc_drop_consumer)")]
     NoFreeSlot(u32),
-    #[error("consumer name must be 1 to {NAME_MAX} bytes, got {0}")]
+    #[error("consumer name must be 1 to {NAME_MAX} bytes without control characters, got {0} bytes")]
     BadName(usize),
     #[error("consumer \"{0}\" is not registered on this ring; register it first (cdc_register_consumer, or the consumer setting of cdc_auto_configure)")]
     NotRegistered(String),
@@ -88,6 +88,27 @@ pub struct Identity {
     pub route: String,
 }
 
+/// A consumer to register: its name, and the one OS user that may read as
+/// it (None: the first OS user that does keeps it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    pub name: String,
+    pub owner: Option<u32>,
+}
+
+impl Consumer {
+    /// A consumer any OS user may read as (the first one keeps it).
+    pub fn named(name: &str) -> Consumer {
+        Consumer { name: name.to_owned(), owner: None }
+    }
+}
+
+impl From<&str> for Consumer {
+    fn from(name: &str) -> Consumer {
+        Consumer::named(name)
+    }
+}
+
 /// Where a newly registered consumer starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -108,6 +129,10 @@ pub struct Ring {
     dir: Option<PathBuf>,
     /// Where its consumers keep their states.
     acks: acks::Acks,
+    /// The state last read of each consumer: what counts while its file
+    /// cannot be read (being written, just replaced), so that a consumer
+    /// never seems further behind, or ahead, than it was.
+    known: Arc<std::sync::Mutex<std::collections::HashMap<String, acks::State>>>,
 }
 
 /// A consumer as the header records it.
@@ -189,7 +214,7 @@ impl Ring {
         region: Region,
         geometry: Geometry,
         identity: &Identity,
-        consumers: &[String],
+        consumers: &[Consumer],
     ) -> Result<Ring, RingError> {
         geometry.validate(region.len()).map_err(RingError::Geometry)?;
         let r = &region;
@@ -207,9 +232,10 @@ impl Ring {
         write_name(r, OFF_SLOT_NAME_LEN, OFF_SLOT_NAME, SLOT_NAME_MAX, &identity.slot);
         write_name(r, OFF_ROUTE_NAME_LEN, OFF_ROUTE_NAME, ROUTE_NAME_MAX, &identity.route);
         r.u64_at(OFF_INCARNATION).store(incarnation(), Ordering::Relaxed);
-        let ring = Ring { region: Arc::new(region), geometry, dir: None, acks: acks::Acks::memory() };
-        for name in consumers {
-            ring.register(name, Start::Beginning)?;
+        let ring =
+            Ring { region: Arc::new(region), geometry, dir: None, acks: acks::Acks::memory(), known: Arc::default() };
+        for consumer in consumers {
+            ring.register(consumer, Start::Beginning)?;
         }
         // The magic goes last: a reader never sees a half-made header.
         ring.region.u64_at(OFF_MAGIC).store(u64::from_le_bytes(MAGIC), Ordering::Release);
@@ -237,7 +263,7 @@ impl Ring {
         if region.u32_at(OFF_DATA_OFFSET).load(Ordering::Relaxed) as usize != geometry.data_offset() {
             return Err(RingError::Geometry("data offset does not follow from the geometry".into()));
         }
-        Ok(Ring { region: Arc::new(region), geometry, dir: None, acks: acks::Acks::memory() })
+        Ok(Ring { region: Arc::new(region), geometry, dir: None, acks: acks::Acks::memory(), known: Arc::default() })
     }
 
     /// The ring file is `dir/<stem>.ring`: spilled frames and consumer
@@ -378,8 +404,9 @@ impl Ring {
     /// Registers consumer `name`, or leaves it as it is if it is registered
     /// already. Registration is serialized by a lock word in the header, so
     /// two processes registering one new name end with one registration.
-    pub fn register(&self, name: &str, start: Start) -> Result<(), RingError> {
-        if name.is_empty() || name.len() > NAME_MAX {
+    pub fn register(&self, consumer: &Consumer, start: Start) -> Result<(), RingError> {
+        let name = consumer.name.as_str();
+        if name.is_empty() || name.len() > NAME_MAX || name.chars().any(char::is_control) {
             return Err(RingError::BadName(name.len()));
         }
         let _lock = self.lock_registration();
@@ -397,12 +424,14 @@ impl Ring {
         // A state left by a consumer of this name that was dropped is not
         // the new one's.
         self.acks.remove(name);
+        self.known.lock().expect("known states").remove(name);
         for i in 0..self.geometry.readers {
             let at = slot_offset(i);
             let state = r.u32_at(at + SLOT_STATE);
             if state.compare_exchange(SLOT_FREE, SLOT_CLAIMING, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 r.u32_at(at + SLOT_NAME_LEN).store(name.len() as u32, Ordering::Relaxed);
                 r.write(at + SLOT_NAME, name.as_bytes());
+                r.u32_at(at + SLOT_OWNER).store(consumer.owner.unwrap_or(ANY_OWNER), Ordering::Relaxed);
                 r.u64_at(at + SLOT_START_ACK_POS).store(ack_pos, Ordering::Relaxed);
                 r.u64_at(at + SLOT_START_ACK_LSN).store(ack_lsn, Ordering::Relaxed);
                 r.u64_at(at + SLOT_START_COMMIT).store(acked.commit_lsn, Ordering::Relaxed);
@@ -421,6 +450,7 @@ impl Ring {
         let Some(i) = self.find_slot(name) else { return false };
         self.region.u32_at(slot_offset(i) + SLOT_STATE).store(SLOT_FREE, Ordering::Release);
         self.acks.remove(name);
+        self.known.lock().expect("known states").remove(name);
         true
     }
 
@@ -473,9 +503,22 @@ impl Ring {
         }
     }
 
-    /// What consumer `name` (in slot `index`) read and acknowledged.
+    /// The one OS user that may read as consumer slot `index`, if one is set.
+    fn owner(&self, index: u32) -> Option<u32> {
+        Some(self.region.u32_at(slot_offset(index) + SLOT_OWNER).load(Ordering::Acquire)).filter(|o| *o != ANY_OWNER)
+    }
+
+    /// What consumer `name` (in slot `index`) read and acknowledged: its
+    /// state file, else the state last read of it, else where it started.
     fn state(&self, index: u32, name: &str) -> acks::State {
-        self.acks.read(name, self.incarnation()).unwrap_or_else(|| self.start(index))
+        let mut known = self.known.lock().expect("known states");
+        match self.acks.read(name, self.incarnation(), self.owner(index)) {
+            Some(state) => {
+                known.insert(name.to_owned(), state);
+                state
+            }
+            None => known.get(name).copied().unwrap_or_else(|| self.start(index)),
+        }
     }
 
     /// The slot registered under `name`, if any.

@@ -42,7 +42,7 @@ impl RingReader {
     /// row it acknowledged.
     pub fn attach(ring: Ring, name: &str) -> Result<RingReader, RingError> {
         let index = ring.find_slot(name).ok_or_else(|| RingError::NotRegistered(name.to_owned()))?;
-        let state = ring.acks.open(name, ring.incarnation(), ring.start(index))?;
+        let state = ring.acks.open(name, ring.incarnation(), ring.start(index), ring.owner(index))?;
         let mut current = state.get();
         let me = std::process::id();
         if current.pid != 0 && current.pid != me && process_alive(current.pid) {

@@ -6,7 +6,7 @@ use std::time::Duration;
 /// A ring in plain memory with `consumers` registered, and its writer.
 fn ring(capacity: u64, consumers: &[&str]) -> (RingWriter, Ring) {
     let geometry = Geometry::new(capacity);
-    let names: Vec<String> = consumers.iter().map(|c| c.to_string()).collect();
+    let names: Vec<Consumer> = consumers.iter().map(|c| Consumer::named(c)).collect();
     let ring = Ring::create(Region::heap(geometry.file_len()), geometry, &Identity::default(), &names).unwrap();
     (RingWriter::new(ring.clone()), ring)
 }
@@ -212,7 +212,7 @@ fn a_frame_up_to_half_the_ring_always_fits_and_a_larger_one_is_refused() {
 fn a_consumer_registered_now_starts_after_the_last_transaction() {
     let dir = tempdir::Dir::new();
     let path = dir.path().join("r.ring");
-    let consumers = vec!["default".to_string()];
+    let consumers = vec![Consumer::named("default")];
     let ring = file::open_or_create(&path, Geometry::new(4096), &Identity::default(), &consumers, None).unwrap();
     let writer = RingWriter::new(ring);
     let mut reader = RingReader::attach(file::open(&path).unwrap(), "default").unwrap();
@@ -231,7 +231,7 @@ fn a_consumer_registered_now_starts_after_the_last_transaction() {
     // Attaching needs a registration; one made now starts at the end.
     let ring = file::open_own(&path).unwrap();
     assert!(matches!(RingReader::attach(ring.clone(), "late"), Err(RingError::NotRegistered(_))));
-    ring.register("late", Start::Now).unwrap();
+    ring.register(&"late".into(), Start::Now).unwrap();
     let mut late = RingReader::attach(ring, "late").unwrap();
     assert_eq!(late.acknowledged(), Position::end_of(5));
     assert_eq!(late.try_next().unwrap(), None);
@@ -243,15 +243,16 @@ fn a_consumer_registered_now_starts_after_the_last_transaction() {
 #[test]
 fn names_are_checked_slots_run_out_and_a_live_holder_keeps_its_name() {
     let (writer, ring) = ring(1024, &["default"]);
-    assert!(matches!(ring.register("", Start::Now), Err(RingError::BadName(0))));
-    assert!(matches!(ring.register(&"x".repeat(65), Start::Now), Err(RingError::BadName(65))));
+    assert!(matches!(ring.register(&"".into(), Start::Now), Err(RingError::BadName(0))));
+    assert!(matches!(ring.register(&Consumer::named(&"x".repeat(65)), Start::Now), Err(RingError::BadName(65))));
+    assert!(matches!(ring.register(&"new\nline".into(), Start::Now), Err(RingError::BadName(8))));
     for i in 1..16 {
-        ring.register(&format!("c{i}"), Start::Now).unwrap();
+        ring.register(&Consumer::named(&format!("c{i}")), Start::Now).unwrap();
     }
-    ring.register("c1", Start::Now).unwrap(); // already registered: fine
-    assert!(matches!(ring.register("one too many", Start::Now), Err(RingError::NoFreeSlot(16))));
+    ring.register(&"c1".into(), Start::Now).unwrap(); // already registered: fine
+    assert!(matches!(ring.register(&"one too many".into(), Start::Now), Err(RingError::NoFreeSlot(16))));
     // A consumer held by another live process (pid 1) is refused.
-    let state = ring.acks.open("c1", ring.incarnation(), acks::State::default()).unwrap();
+    let state = ring.acks.open("c1", ring.incarnation(), acks::State::default(), None).unwrap();
     state.set(acks::State { pid: 1, ..state.get() });
     assert!(matches!(RingReader::attach(writer.ring().clone(), "c1"), Err(RingError::InUse { pid: 1, .. })));
 }
@@ -271,7 +272,7 @@ fn racing_registrations_of_one_name_end_with_one_and_a_dead_holder_loses_the_loc
         for _ in 0..8 {
             scope.spawn(|| {
                 for n in 0..10 {
-                    ring.register(&format!("name{n}"), Start::Now).unwrap();
+                    ring.register(&Consumer::named(&format!("name{n}")), Start::Now).unwrap();
                 }
             });
         }
@@ -285,7 +286,7 @@ fn an_impossible_consumer_position_holds_nothing_back_and_is_reported() {
     let (writer, ring) = ring(1024, &["good", "broken"]);
     let mut good = RingReader::attach(ring.clone(), "good").unwrap();
     // An acknowledged position past the write position: corrupt or hostile.
-    let broken = ring.acks.open("broken", ring.incarnation(), acks::State::default()).unwrap();
+    let broken = ring.acks.open("broken", ring.incarnation(), acks::State::default(), None).unwrap();
     broken.set(acks::State { ack_pos: 1 << 40, ..broken.get() });
     for commit in 1..=20 {
         while write(&writer, &payload(0, 200), commit) == Written::Full {
@@ -416,7 +417,7 @@ fn groups_by_name() {
 fn concurrent_creators_share_one_ring_and_the_registry_serializes() {
     let dir = tempdir::Dir::new();
     let path = dir.path().join("r.ring");
-    let consumers = vec!["default".to_string()];
+    let consumers = vec![Consumer::named("default")];
     let rings: Vec<Ring> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8)
             .map(|_| {
@@ -436,18 +437,22 @@ fn concurrent_creators_share_one_ring_and_the_registry_serializes() {
     assert_eq!(file::rings_in(dir.path()).unwrap(), std::slice::from_ref(&path), "no temporary files left behind");
 
     let mut registry = file::Registry::lock(dir.path(), None).unwrap();
-    assert!(registry.names().unwrap().is_empty());
+    assert!(registry.consumers().unwrap().is_empty());
     registry.set(&["a".into(), "b".into()]).unwrap();
-    registry.set(&["a".into()]).unwrap();
-    assert_eq!(registry.names().unwrap(), ["a"]);
+    registry.set(&[Consumer { name: "a".into(), owner: Some(1001) }]).unwrap();
+    assert_eq!(registry.consumers().unwrap(), [Consumer { name: "a".into(), owner: Some(1001) }]);
     let waiter = std::thread::spawn({
         let dir = dir.path().to_owned();
-        move || file::Registry::lock(&dir, None).unwrap().names().unwrap()
+        move || file::Registry::lock(&dir, None).unwrap().consumers().unwrap()
     });
     std::thread::sleep(Duration::from_millis(100));
     registry.set(&["a".into(), "c".into()]).unwrap();
     drop(registry);
-    assert_eq!(waiter.join().unwrap(), ["a", "c"], "the second lock waited for the first");
+    assert_eq!(
+        waiter.join().unwrap(),
+        [Consumer::named("a"), Consumer::named("c")],
+        "the second lock waited for the first"
+    );
 }
 
 #[test]
@@ -455,7 +460,7 @@ fn a_ring_cut_short_under_a_guarded_mapping_is_damaged_not_a_crash() {
     guard_against_truncation();
     let dir = tempdir::Dir::new();
     let path = dir.path().join("r.ring");
-    let consumers = vec!["default".to_string()];
+    let consumers = vec![Consumer::named("default")];
     let writer = RingWriter::new(
         file::open_or_create(&path, Geometry::new(64 * 1024), &Identity::default(), &consumers, None).unwrap(),
     );
