@@ -245,25 +245,51 @@ impl ChangeReader {
                 return Ok(Some(batch));
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let frame = match self.ring.next(left) {
-                Err(RingError::Retired) if self.path.is_some() => {
-                    self.reopen()?;
-                    continue;
-                }
+            // A ring opened by path is looked at every second for a new
+            // one in its place (a producer that replaced it but died
+            // before marking it retired).
+            let slice = if self.path.is_some() { left.min(Duration::from_secs(1)) } else { left };
+            let frame = match self.ring.next(slice) {
+                Err(RingError::Retired) if self.path.is_some() => None,
                 other => other?,
             };
-            let Some(frame) = frame else { return Ok(None) };
+            let Some(frame) = frame else {
+                let replaced = self
+                    .path
+                    .as_ref()
+                    .is_some_and(|p| self.ring.ring().is_retired() || file::superseded(self.ring.ring(), p));
+                if replaced && !self.reopen()? {
+                    // Not made again yet: wait for it as for a frame.
+                    std::thread::sleep(slice.min(Duration::from_millis(100)));
+                }
+                if replaced || slice < left {
+                    if Instant::now() >= deadline {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+                return Ok(None);
+            };
             self.decode(frame)?;
         }
     }
 
     /// Attaches to the ring that replaced this one. What was returned and
     /// not acknowledged is gone with the old ring.
-    fn reopen(&mut self) -> Result<(), ReadError> {
+    /// Returns false while there is no new ring yet (the worker makes it
+    /// again with the next change of its table).
+    fn reopen(&mut self) -> Result<bool, ReadError> {
         let path = self.path.clone().expect("opened by path");
-        let fresh = ChangeReader::open_waiting(&path, &self.consumer, Duration::from_secs(30))?;
-        *self = fresh;
-        Ok(())
+        match ChangeReader::open(&path, &self.consumer) {
+            Ok(fresh) => {
+                *self = fresh;
+                Ok(true)
+            }
+            Err(ReadError::Ring(RingError::Io { source, .. })) if source.kind() == std::io::ErrorKind::NotFound => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Sleeps up to `timeout` until the ring has news (a frame, a higher

@@ -135,11 +135,13 @@ impl Sink {
                 // (told it is retired) open instead.
                 pgrx::log!("pgcdc worker: replacing ring {}: {why}", path.display());
                 let route = ring.identity().route;
+                // Retired first: a reader hears of it even if the worker
+                // dies before the new ring exists (and also finds the
+                // file replaced when it looks).
+                RingWriter::new(ring).retire();
                 std::fs::remove_file(&path)
                     .map_err(|source| RingError::Io { path: path.display().to_string(), source })?;
-                let (_, fresh) = open_ring(dir, key, &route, &sink.settings)?;
-                RingWriter::new(ring).retire();
-                ring = fresh;
+                ring = open_ring(dir, key, &route, &sink.settings)?.1;
             }
             for consumer in &names {
                 ring.register(consumer, Start::Now)?;

@@ -153,6 +153,18 @@ pub fn open(path: &Path) -> Result<Ring, RingError> {
     beside(path, Ring::open(Region::map(map))?)
 }
 
+/// Whether the file at `path` is no longer `ring`'s: gone, or another
+/// ring made in its place (which readers of the old one must open, in
+/// case its producer could not mark it retired).
+pub fn superseded(ring: &Ring, path: &Path) -> bool {
+    let Ok(file) = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) else { return true };
+    let mut word = [0u8; 8];
+    match std::os::unix::fs::FileExt::read_at(&file, &mut word, super::layout::OFF_INCARNATION as u64) {
+        Ok(8) => u64::from_le_bytes(word) != ring.incarnation(),
+        _ => true,
+    }
+}
+
 fn open_file(path: &Path) -> Result<File, RingError> {
     OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io(path))
 }

@@ -276,7 +276,7 @@ impl Ring {
 
     /// Tells consumer states of this ring from those of a ring that was
     /// at the same path before.
-    fn incarnation(&self) -> u64 {
+    pub(crate) fn incarnation(&self) -> u64 {
         self.region.u64_at(OFF_INCARNATION).load(Ordering::Relaxed)
     }
 
@@ -321,6 +321,7 @@ impl Ring {
     /// The positions of the ring and its consumers.
     pub fn status(&self) -> RingStatus {
         let r = &self.region;
+        let write_pos = r.u64_at(OFF_WRITE_POS).load(Ordering::Acquire);
         let consumers = self
             .registered()
             .map(|i| {
@@ -340,7 +341,7 @@ impl Ring {
             .collect();
         RingStatus {
             capacity: self.geometry.capacity,
-            write_pos: r.u64_at(OFF_WRITE_POS).load(Ordering::Acquire),
+            write_pos,
             last_commit_lsn: r.u64_at(OFF_LAST_COMMIT_LSN).load(Ordering::Acquire),
             oldest_unacked_ms: r.u64_at(OFF_OLDEST_UNACKED_MS).load(Ordering::Relaxed),
             rows_written: r.u64_at(OFF_ROWS_WRITTEN).load(Ordering::Relaxed),
@@ -509,7 +510,8 @@ impl Ring {
     }
 
     /// What consumer `name` (in slot `index`) read and acknowledged: its
-    /// state file, else the state last read of it, else where it started.
+    /// state file, else the state last read of it (a file being made, or
+    /// taken away), else where it started.
     fn state(&self, index: u32, name: &str) -> acks::State {
         let mut known = self.known.lock().expect("known states");
         match self.acks.read(name, self.incarnation(), self.owner(index)) {
