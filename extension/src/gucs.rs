@@ -23,7 +23,34 @@ pub static RING_GROUP: GucSetting<Option<CString>> = GucSetting::<Option<CString
 /// the WAL, so quiet streams see no delay.
 pub static LINGER_US: GucSetting<i32> = GucSetting::<i32>::new(500);
 
+/// Snapshot workers per stream: tables, and key ranges of large tables,
+/// are read in parallel by this many processes.
+pub static SNAPSHOT_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+
+/// Rows per snapshot chunk: each chunk is read in one short transaction.
+pub static SNAPSHOT_CHUNK_ROWS: GucSetting<i32> = GucSetting::<i32>::new(20_000);
+
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"pgcdc.snapshot_workers",
+        c"Snapshot workers per stream.",
+        c"Tables, and key ranges of large tables, are read in parallel by this many background workers (each takes one of max_worker_processes while it runs).",
+        &SNAPSHOT_WORKERS,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pgcdc.snapshot_chunk_rows",
+        c"Rows per snapshot chunk.",
+        c"Each chunk is read in one short transaction between two watermarks; larger chunks cost fewer watermarks and hold more rows in memory.",
+        &SNAPSHOT_CHUNK_ROWS,
+        1,
+        10_000_000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"pgcdc.linger",
         c"Microseconds the worker may hold rows to batch them with later transactions.",
@@ -72,6 +99,14 @@ pub fn ring_bytes() -> u64 {
 
 pub fn linger() -> std::time::Duration {
     std::time::Duration::from_micros(u64::try_from(LINGER_US.get()).unwrap_or(0))
+}
+
+pub fn snapshot_workers() -> usize {
+    usize::try_from(SNAPSHOT_WORKERS.get()).unwrap_or(1).max(1)
+}
+
+pub fn snapshot_chunk_rows() -> usize {
+    usize::try_from(SNAPSHOT_CHUNK_ROWS.get()).unwrap_or(1).max(1)
 }
 
 pub fn ring_group() -> Option<String> {

@@ -10,6 +10,7 @@ mod gucs;
 mod pgtype;
 mod plugin;
 mod report;
+mod snapshot;
 mod sql_api;
 mod worker;
 

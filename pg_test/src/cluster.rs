@@ -199,6 +199,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the server said is the first thing to read about a failure.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("server log (last lines):\n{}", lines[lines.len().saturating_sub(60)..].join("\n"));
+        }
         let log = self.root.join("log");
         let binary = self.bindir.join("pg_ctl");
         let args = ["-D", path(&self.data), "-l", path(&log), "stop", "-m", "immediate", "-w"];

@@ -11,6 +11,7 @@ pub mod check;
 mod cluster;
 mod decode;
 pub mod e2e;
+pub mod replica;
 pub mod values;
 
 pub use cluster::{bindir, has_output_plugin_libraries, Cluster, Settings};

@@ -80,6 +80,11 @@ impl Span {
         self.commits.len()
     }
 
+    /// A span of no rows: a marker batch at its `first` position.
+    fn marker(at: Position, prev: u64) -> Span {
+        Span { commits: UInt64Array::from(Vec::<u64>::new()), first: at, prev, ends: false }
+    }
+
     fn commit(&self, row: usize) -> u64 {
         self.commits.value(row)
     }
@@ -99,6 +104,9 @@ impl Span {
     }
 
     fn last(&self) -> Position {
+        if self.len() == 0 {
+            return self.first;
+        }
         self.position(self.len() - 1)
     }
 
@@ -308,15 +316,19 @@ impl ChangeReader {
             self.follow(meta.first.commit_lsn, meta.last.commit_lsn, 0);
             return Ok(());
         }
-        let mut decoder = StreamDecoder::new();
-        let mut buffer = Buffer::from_vec(frame.payload);
-        let mut batches = Vec::new();
-        while !buffer.is_empty() {
-            if let Some(batch) = decoder.decode(&mut buffer)? {
-                batches.push(batch);
-            }
+        if meta.rows == 0 {
+            // A marker (a snapshot's end): a batch of no rows, whose schema
+            // and metadata say what it marks.
+            let batch = read_batches(frame.payload)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| ReadError::Positions("a marker frame holds no batch".into()))?;
+            let prev = self.follow(meta.first.commit_lsn, meta.first.commit_lsn, 0);
+            self.seen = meta.last;
+            self.ready.push_back((batch, Span::marker(meta.first, prev)));
+            return Ok(());
         }
-        decoder.finish()?;
+        let batches = read_batches(frame.payload)?;
         let mut next = meta.first;
         let mut rows = 0usize;
         let count = batches.len();
@@ -423,6 +435,16 @@ impl ChangeReader {
     pub fn ack_within(&mut self, commit_lsn: u64, limit: Position) {
         let mut acked = None;
         while let Some(span) = self.returned.front_mut() {
+            if span.len() == 0 {
+                // A marker: acknowledged with what comes before it.
+                if span.first.commit_lsn > commit_lsn || span.first > limit {
+                    break;
+                }
+                let complete = acked.map_or(span.prev, |(_, c): (Position, u64)| c.max(span.prev));
+                acked = Some((span.first, complete));
+                self.returned.pop_front();
+                continue;
+            }
             let rows = span.covered(commit_lsn, limit);
             if rows == 0 {
                 break;
@@ -445,6 +467,7 @@ impl ChangeReader {
     /// still with it.
     pub(crate) fn position_before_last(&self, back: usize) -> Position {
         match self.returned.back() {
+            Some(span) if back == 0 => span.last(),
             Some(span) if back < span.len() => span.position(span.len() - 1 - back),
             Some(_) => unreachable!("a batch is handed on in order, from its first row"),
             None => self.last_returned,
@@ -461,6 +484,20 @@ impl ChangeReader {
     pub fn ring(&self) -> &RingReader {
         &self.ring
     }
+}
+
+/// The record batches of an Arrow IPC stream.
+fn read_batches(payload: Vec<u8>) -> Result<Vec<RecordBatch>, ReadError> {
+    let mut decoder = StreamDecoder::new();
+    let mut buffer = Buffer::from_vec(payload);
+    let mut batches = Vec::new();
+    while !buffer.is_empty() {
+        if let Some(batch) = decoder.decode(&mut buffer)? {
+            batches.push(batch);
+        }
+    }
+    decoder.finish()?;
+    Ok(batches)
 }
 
 /// Waits for the next batch however long it takes; None never comes, an

@@ -14,6 +14,7 @@ pub mod partition;
 pub mod pattern;
 pub mod position;
 pub mod ring;
+pub mod snapshot;
 pub mod status;
 #[cfg(feature = "async")]
 pub mod stream;

@@ -59,6 +59,12 @@ impl MergedReader {
                     *head = reader.next_batch(Duration::ZERO)?;
                 }
             }
+            // A batch of no rows marks a place (a snapshot's end): it has no
+            // key to order by, and nothing to wait for.
+            if let Some(i) = self.heads.iter().position(|h| h.as_ref().is_some_and(|b| b.num_rows() == 0)) {
+                self.handed[i] = self.readers[i].position();
+                return Ok(self.heads[i].take());
+            }
             let blocker = match self.take_earliest(max_rows.max(1)) {
                 Ok(batch) => return Ok(Some(batch)),
                 Err(blocker) => blocker,

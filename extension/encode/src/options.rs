@@ -10,6 +10,7 @@
 //! | `batch_bytes` | 8388608 | message size at which a batch is flushed early (a message exceeds it by at most one row) |
 //! | `flush_at_commit` | `true` | flush every open batch at each commit; off, batches span transactions until the batch bounds or the reader of the messages (the pgcdc worker) flushes them |
 //! | `flush_on_table_change` | `false` | flush a table's batch as soon as a change of another table follows, so that messages follow the exact LSN order across tables (for a merged stream) |
+//! | `snapshot_markers` | `false` | pass the snapshot watermarks (logical messages with prefix `pgcdc.snapshot`) on to the reader of the messages (the pgcdc worker), after flushing every open batch |
 //!
 //! Unknown options, repeated options and bad values are errors that name the
 //! option: nothing is silently ignored.
@@ -26,6 +27,7 @@ pub struct Options {
     pub batch_bytes: usize,
     pub flush_on_table_change: bool,
     pub flush_at_commit: bool,
+    pub snapshot_markers: bool,
 }
 
 impl Default for Options {
@@ -37,6 +39,7 @@ impl Default for Options {
             batch_bytes: 8 << 20,
             flush_on_table_change: false,
             flush_at_commit: true,
+            snapshot_markers: false,
         }
     }
 }
@@ -65,7 +68,7 @@ impl OptionError {
     pub fn hint(&self) -> String {
         match self {
             OptionError::Unknown(_) | OptionError::Repeated(_) => {
-                "Known options: publication_names, include_before, batch_rows, batch_bytes, flush_on_table_change, flush_at_commit."
+                "Known options: publication_names, include_before, batch_rows, batch_bytes, flush_on_table_change, flush_at_commit, snapshot_markers."
                     .into()
             }
             OptionError::Missing { .. } | OptionError::Invalid { .. } => {
@@ -92,6 +95,7 @@ impl Options {
                 "batch_bytes",
                 "flush_on_table_change",
                 "flush_at_commit",
+                "snapshot_markers",
             ];
             if !known.contains(&name) {
                 return Err(OptionError::Unknown(name.to_owned()));
@@ -107,12 +111,13 @@ impl Options {
                     let names = split_identifiers(value).map_err(|why| invalid(&why))?;
                     options.publication_names = Some(names);
                 }
-                "include_before" | "flush_on_table_change" | "flush_at_commit" => {
+                "include_before" | "flush_on_table_change" | "flush_at_commit" | "snapshot_markers" => {
                     let flag =
                         parse_bool(value).ok_or_else(|| invalid("expected a boolean (true/false, on/off, 1/0)"))?;
                     match name {
                         "include_before" => options.include_before = flag,
                         "flush_on_table_change" => options.flush_on_table_change = flag,
+                        "snapshot_markers" => options.snapshot_markers = flag,
                         _ => options.flush_at_commit = flag,
                     }
                 }

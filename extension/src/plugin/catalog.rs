@@ -37,17 +37,20 @@ pub struct RelationPlan {
     pub columns: Vec<ColumnPlan>,
     /// `natts` of the tuple descriptor, dropped columns included.
     pub natts: usize,
+    /// Whether `spec.partition_key` tells rows apart (the replica identity
+    /// index or the primary key, not every column).
+    pub unique_key: bool,
     /// Holds the cached `FmgrInfo`s; deleted by [`RelationPlan::release`].
     context: pg_sys::MemoryContext,
 }
 
 impl RelationPlan {
-    /// Describes `relation` as the historic snapshot of decoding sees it.
+    /// Describes `relation` as the catalog snapshot sees it (in decoding,
+    /// the historic one).
     ///
     /// # Safety
     /// `relation` must be a valid, open relation and `parent` a live
-    /// memory context; must run inside logical decoding (catalog access
-    /// under a historic snapshot).
+    /// memory context; must run inside a transaction or logical decoding.
     pub unsafe fn describe(relation: pg_sys::Relation, parent: pg_sys::MemoryContext) -> RelationPlan {
         // SAFETY: the caller hands us an open relation, whose descriptor,
         // pg_class row and name stay valid for this call.
@@ -108,7 +111,7 @@ impl RelationPlan {
                 columns: specs,
                 partition_key,
             };
-            RelationPlan { spec, columns, natts, context }
+            RelationPlan { spec, columns, natts, unique_key: partition_attnums.is_some(), context }
         }
     }
 

@@ -14,6 +14,7 @@
 //! row's `_lsn` gives the exact order.
 
 use super::catalog::RelationPlan;
+use super::watermarks::{Delivered, Watermarks, Window};
 use super::datum::{self, Read};
 use super::error::PluginError;
 use super::partition::Conversion;
@@ -24,8 +25,15 @@ use pgcdc_encode::batch::{ChangeBatchBuilder, ChangeSchema, Image, Row, RowMeta}
 use pgcdc_encode::column::PushError;
 use pgcdc_encode::ipc;
 use pgcdc_encode::options::Options;
+use pgcdc_encode::pgformat::datetime;
 use pgcdc_reader::contract::Op;
+use pgcdc_reader::ring::file;
+use pgcdc_reader::snapshot::{
+    failed_file_name, reconcile, Marker, MarkerKind, Watermark, COMPLETE, MESSAGE_PREFIX, META_SNAPSHOT,
+    META_SNAPSHOT_ID,
+};
 use pgrx::pg_sys;
+use std::path::PathBuf;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +67,9 @@ pub struct Message {
     /// LSN, the LSN of the last change decoded), every row up to which has
     /// now been written.
     pub synced: Option<(u64, u64)>,
+    /// For a batch of no rows (a marker: a table's snapshot is complete),
+    /// the commit LSN of the transaction it belongs to, its place.
+    pub marker: Option<u64>,
 }
 
 thread_local! {
@@ -144,12 +155,17 @@ pub struct Decoder {
     /// Reset after every change: detoasted copies, converted tuples and
     /// output-function text.
     change_context: pg_sys::MemoryContext,
+    /// With `snapshot_markers`: the snapshot windows of the stream.
+    watermarks: Option<Watermarks>,
 }
 
 impl Decoder {
+    /// The decoder of slot `slot`; its snapshot chunks (with
+    /// `snapshot_markers`) are in `snapshot_dir`.
+    ///
     /// # Safety
     /// `context` must be the decoding context's memory context.
-    pub unsafe fn new(options: Options, context: pg_sys::MemoryContext) -> Decoder {
+    pub unsafe fn new(options: Options, context: pg_sys::MemoryContext, slot: &str, snapshot_dir: PathBuf) -> Decoder {
         // SAFETY: creating a child of a live context.
         let change_context = unsafe {
             pg_sys::AllocSetContextCreateInternal(
@@ -160,6 +176,7 @@ impl Decoder {
                 pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
             )
         };
+        let watermarks = options.snapshot_markers.then(|| Watermarks::new(slot.to_owned(), snapshot_dir));
         Decoder {
             publications: options.publication_names.as_deref().map(Publications::new),
             options,
@@ -173,6 +190,7 @@ impl Decoder {
             changes_since_progress: 0,
             cache_context: context,
             change_context,
+            watermarks,
         }
     }
 
@@ -227,8 +245,9 @@ impl Decoder {
             let target = self.targets.get_mut(&target_oid).expect("source() prepared the target");
             let guard = ContextGuard::enter(self.change_context);
             let mut row = target.batch.row(meta);
-            let mut image = |image, tuple| {
-                fill(&mut row, image, tuple, desc, conversion, &target.plan, &mut target.values, &mut target.nulls)
+            let mut image = |image, tuple: *mut pg_sys::ReorderBufferTupleBuf| {
+                let heap_tuple = if tuple.is_null() { std::ptr::null_mut() } else { &raw mut (*tuple).tuple };
+                fill(&mut row, image, heap_tuple, desc, conversion, &target.plan, &mut target.values, &mut target.nulls)
             };
             image(Image::New, new);
             if include_before && !old.is_null() {
@@ -275,6 +294,172 @@ impl Decoder {
         }
     }
 
+    /// A logical message: with `snapshot_markers`, this stream's snapshot
+    /// watermarks (every other message is not a row: ignored). Every row
+    /// decoded before a watermark is written first, so that a window holds
+    /// exactly the changes between its watermarks.
+    ///
+    /// # Safety
+    /// Arguments as PostgreSQL passes them to a message callback.
+    pub unsafe fn message(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        txn: *mut pg_sys::ReorderBufferTXN,
+        lsn: pg_sys::XLogRecPtr,
+        transactional: bool,
+        prefix: &std::ffi::CStr,
+        content: &[u8],
+    ) {
+        if !transactional || prefix.to_bytes() != MESSAGE_PREFIX.as_bytes() {
+            return;
+        }
+        let Some(marker) = self.watermarks.as_mut().and_then(|w| w.accept(content)) else { return };
+        // SAFETY: forwarded from the caller; a transactional message comes
+        // inside its committed transaction, whose commit fields are set.
+        unsafe {
+            self.progress(ctx, false);
+            self.last_lsn = lsn;
+            self.flush_all(ctx);
+            let meta = row_meta(Op::Read, lsn, txn);
+            let Some(watermarks) = self.watermarks.as_mut() else { return };
+            let dir = watermarks.dir().to_owned();
+            match marker.kind {
+                MarkerKind::Low => watermarks.low(&marker, lsn),
+                MarkerKind::High => {
+                    let path = dir.join(marker.chunk_file_name());
+                    let delivered = match watermarks.high(&marker) {
+                        Some(window) => self.deliver_chunk(ctx, &marker, &window, &path, meta),
+                        None => Err("its low watermark was not decoded before it".to_owned()),
+                    };
+                    if let Err(why) = delivered {
+                        fail(&dir, &marker, &why);
+                    }
+                    self.watermarks_mut().deliver(meta.commit_lsn, vec![path]);
+                }
+                MarkerKind::Done | MarkerKind::Cancel => {
+                    watermarks.end(&marker);
+                    if marker.kind == MarkerKind::Done && !dir.join(failed_file_name(marker.snapshot)).exists() {
+                        self.complete(ctx, &marker, meta);
+                    }
+                    let files = self.watermarks_mut().files_of(marker.snapshot);
+                    self.watermarks_mut().deliver(meta.commit_lsn, files);
+                }
+            }
+        }
+    }
+
+    fn watermarks_mut(&mut self) -> &mut Watermarks {
+        self.watermarks.as_mut().expect("only called with snapshot markers on")
+    }
+
+    /// The target of a snapshot's table `relid`, prepared as for a change
+    /// (the stream's schema of it at this point of the WAL); None if the
+    /// stream does not publish it (any more).
+    unsafe fn snapshot_target(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, relid: u32) -> Option<pg_sys::Oid> {
+        let oid = pg_sys::Oid::from(relid);
+        // SAFETY: inside decoding: the relation is opened under the
+        // historic snapshot, described, and closed again.
+        unsafe {
+            let relation = pg_sys::RelationIdGetRelation(oid);
+            if relation.is_null() {
+                return None;
+            }
+            let now = epoch();
+            let published = match &mut self.publications {
+                Some(publications) => publications.published(relation, now),
+                None => Published { actions: Actions::ALL, as_ancestor: None },
+            };
+            let ours = published.actions.allows(Op::Read) && published.as_ancestor.is_none();
+            if ours {
+                self.prepare_target(ctx, relation, now);
+            }
+            pg_sys::RelationClose(relation);
+            ours.then_some(oid)
+        }
+    }
+
+    /// Writes a chunk's rows, reconciled with its window, as `r` rows at
+    /// the high watermark's place, in messages of the batch bounds.
+    unsafe fn deliver_chunk(
+        &mut self,
+        ctx: *mut pg_sys::LogicalDecodingContext,
+        marker: &Marker,
+        window: &Window,
+        path: &std::path::Path,
+        meta: RowMeta,
+    ) -> Result<(), String> {
+        // SAFETY: forwarded from the caller.
+        let oid = unsafe { self.snapshot_target(ctx, marker.relid) }
+            .ok_or_else(|| format!("the stream does not publish the table with OID {} any more", marker.relid))?;
+        let target = self.targets.get(&oid).expect("snapshot_target prepared it");
+        let schema = target.batch.schema().clone();
+        let key: Vec<String> = target.plan.spec.partition_key.iter().map(|i| target.plan.spec.columns[*i].name.clone()).collect();
+        let bytes = file::read_private(path).map_err(|e| e.to_string())?;
+        let chunks = ipc::read_stream(&bytes).map_err(|e| e.to_string())?;
+        let chunk = match &chunks[..] {
+            [one] => one.clone(),
+            _ => return Err(format!("{} holds {} batches, not one", path.display(), chunks.len())),
+        };
+        let at = Watermark {
+            lsn: meta.lsn,
+            commit_lsn: meta.commit_lsn,
+            xid: meta.xid,
+            commit_ts_us: datetime::timestamp(meta.commit_time).unwrap_or(meta.commit_time),
+        };
+        let rows = reconcile(schema.arrow(), &chunk, &window.batches, &key, at).map_err(|e| e.to_string())?;
+        let per_message = rows_per_message(&rows, self.options.batch_rows, self.options.batch_bytes);
+        let mut offset = 0;
+        while offset < rows.num_rows() {
+            let length = per_message.min(rows.num_rows() - offset);
+            let last = offset + length == rows.num_rows();
+            let message = Message {
+                schema: schema.clone(),
+                batch: rows.slice(offset, length),
+                ends_transaction: false,
+                synced: last.then_some((meta.commit_lsn, self.last_lsn)),
+                marker: None,
+            };
+            // SAFETY: forwarded from the caller.
+            unsafe { write_message(ctx, message) };
+            self.wrote = true;
+            offset += length;
+        }
+        Ok(())
+    }
+
+    /// Writes the batch of no rows that tells readers of the table's
+    /// route that its snapshot is complete.
+    unsafe fn complete(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, marker: &Marker, meta: RowMeta) {
+        // SAFETY: forwarded from the caller.
+        let Some(oid) = (unsafe { self.snapshot_target(ctx, marker.relid) }) else { return };
+        let schema = self.targets[&oid].batch.schema().clone();
+        let mut metadata = schema.arrow().metadata().clone();
+        metadata.insert(META_SNAPSHOT.to_owned(), COMPLETE.to_owned());
+        metadata.insert(META_SNAPSHOT_ID.to_owned(), marker.snapshot.to_string());
+        let arrow = Arc::new(schema.arrow().as_ref().clone().with_metadata(metadata));
+        let message = Message {
+            schema,
+            batch: RecordBatch::new_empty(arrow),
+            ends_transaction: false,
+            synced: None,
+            marker: Some(meta.commit_lsn),
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe { write_message(ctx, message) };
+        self.wrote = true;
+    }
+
+    /// The LSN the slot must not confirm past while snapshot chunks are
+    /// being read.
+    pub fn snapshot_hold(&self) -> Option<u64> {
+        self.watermarks.as_ref().and_then(Watermarks::hold)
+    }
+
+    /// Snapshot files delivered since the last call.
+    pub fn take_delivered(&mut self) -> Vec<Delivered> {
+        self.watermarks.as_mut().map(Watermarks::take_delivered).unwrap_or_default()
+    }
+
     /// Flushes every open batch of the transaction.
     ///
     /// # Safety
@@ -309,7 +494,10 @@ impl Decoder {
             let ends = current.is_none_or(|c| target.batch.max_commit_lsn() < c);
             let synced = current.filter(|_| i + 1 == pending.len()).map(|c| (c, self.last_lsn));
             // SAFETY: forwarded from the caller.
-            unsafe { flush(ctx, target, ends, synced) };
+            let batch = unsafe { flush(ctx, target, ends, synced) };
+            if let (Some(watermarks), Some(batch)) = (&mut self.watermarks, batch) {
+                watermarks.observe(relid.to_u32(), &batch);
+            }
             self.wrote = true;
         }
     }
@@ -451,10 +639,10 @@ fn row_meta(op: Op, lsn: pg_sys::XLogRecPtr, txn: *mut pg_sys::ReorderBufferTXN)
 /// # Safety
 /// `tuple` must be null or a tuple of the relation `desc` and `plan` describe.
 #[allow(clippy::too_many_arguments)]
-unsafe fn fill(
+pub(crate) unsafe fn fill(
     row: &mut Row<'_>,
     image: Image,
-    tuple: *mut pg_sys::ReorderBufferTupleBuf,
+    tuple: pg_sys::HeapTuple,
     desc: pg_sys::TupleDesc,
     conversion: Option<&Conversion>,
     plan: &RelationPlan,
@@ -469,7 +657,7 @@ unsafe fn fill(
     // it into the target's row type, which `desc` and the arrays (`natts`
     // slots) describe.
     unsafe {
-        let mut heap_tuple = &raw mut (*tuple).tuple;
+        let mut heap_tuple = tuple;
         if let Some(conversion) = conversion {
             heap_tuple = conversion.convert(heap_tuple);
         }
@@ -503,6 +691,7 @@ unsafe fn fill(
 }
 
 /// Encodes the target's open batch and writes it as one message.
+/// Returns the batch written.
 ///
 /// # Safety
 /// `ctx` must be the live decoding context, inside a callback that may write.
@@ -511,20 +700,51 @@ unsafe fn flush(
     target: &mut Target,
     ends_transaction: bool,
     synced: Option<(u64, u64)>,
-) {
+) -> Option<RecordBatch> {
     if target.batch.is_empty() {
-        return;
+        return None;
     }
-    let table = || format!("{}.{}", target.plan.spec.schema, target.plan.spec.table);
+    let table = format!("{}.{}", target.plan.spec.schema, target.plan.spec.table);
     let schema = target.batch.schema().clone();
-    let batch = target.batch.finish().map_err(|source| PluginError::Encode { table: table(), source }).or_report();
-    let message = Message { schema, batch: batch.clone(), ends_transaction, synced };
+    let batch = target.batch.finish().map_err(|source| PluginError::Encode { table, source }).or_report();
+    let message = Message { schema, batch: batch.clone(), ends_transaction, synced, marker: None };
+    // SAFETY: forwarded from the caller.
+    unsafe { write_message(ctx, message) };
+    Some(batch)
+}
+
+/// How many rows of `batch` make a message within the batch bounds.
+fn rows_per_message(batch: &RecordBatch, batch_rows: usize, batch_bytes: usize) -> usize {
+    let rows = batch.num_rows().max(1);
+    let bytes_per_row = (batch.get_array_memory_size() / rows).max(1);
+    (batch_bytes / bytes_per_row).clamp(1, batch_rows.max(1))
+}
+
+/// Records that a snapshot chunk could not be delivered: the snapshot is
+/// failed (`cdc_snapshots()` shows why), its table gets no completion
+/// marker, and the stream goes on — an error here would stop the slot on
+/// every retry.
+fn fail(dir: &std::path::Path, marker: &Marker, why: &str) {
+    let text = format!("chunk {} of range {} could not be delivered: {why}", marker.chunk, marker.range);
+    pgrx::warning!("wal2arrow: snapshot {} of the table with OID {}: {text}", marker.snapshot, marker.relid);
+    if let Err(e) = file::write_private(&dir.join(failed_file_name(marker.snapshot)), text.as_bytes(), false) {
+        pgrx::warning!("wal2arrow: recording the failure of snapshot {}: {e}", marker.snapshot);
+    }
+}
+
+/// Writes one message: its batch, encoded, in ctx->out, and the message
+/// itself for a writer that routes by table (the pgcdc worker).
+///
+/// # Safety
+/// `ctx` must be the live decoding context, inside a callback that may write.
+pub(super) unsafe fn write_message(ctx: *mut pg_sys::LogicalDecodingContext, message: Message) {
+    let table = || format!("{}.{}", message.schema.spec().schema, message.schema.spec().table);
     // SAFETY: PrepareWrite/Write bracket one message in ctx->out, which
     // the encoder writes into; a message stays far below PostgreSQL's 1 GB
     // allocation limit (batch_bytes).
     unsafe {
         pg_sys::OutputPluginPrepareWrite(ctx, true);
-        ipc::write_stream(&batch, Out((*ctx).out))
+        ipc::write_stream(&message.batch, Out((*ctx).out))
             .map_err(|source| PluginError::Encode { table: table(), source })
             .or_report();
         CURRENT_MESSAGE.set(Some(message));

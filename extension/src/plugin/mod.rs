@@ -8,10 +8,14 @@ mod decoder;
 mod error;
 mod partition;
 mod publication;
+mod watermarks;
 
 use crate::report::OrReport;
 use decoder::Decoder;
+pub(crate) use catalog::RelationPlan;
+pub(crate) use decoder::fill;
 pub use decoder::{current_message, Message};
+pub use watermarks::Delivered;
 use error::PluginError;
 use pgcdc_encode::options::Options;
 use pgrx::pg_guard;
@@ -31,6 +35,7 @@ pub unsafe extern "C-unwind" fn _PG_output_plugin_init(cb: *mut pg_sys::OutputPl
     cb.change_cb = Some(change);
     cb.truncate_cb = Some(truncate);
     cb.commit_cb = Some(commit);
+    cb.message_cb = Some(message);
 }
 
 #[pg_guard]
@@ -49,7 +54,9 @@ unsafe extern "C-unwind" fn startup(
             .or_report();
         check_publications_exist(&options);
         register_invalidation_callbacks();
-        let decoder = Box::into_raw(Box::new(Decoder::new(options, (*ctx).context)));
+        let slot = CStr::from_ptr((*(*ctx).slot).data.name.data.as_ptr()).to_string_lossy().into_owned();
+        let snapshot_dir = crate::snapshot::snapshot_dir(&slot);
+        let decoder = Box::into_raw(Box::new(Decoder::new(options, (*ctx).context, &slot, snapshot_dir)));
         (*ctx).output_plugin_private = decoder.cast();
         // The decoder is dropped when the decoding context's memory goes,
         // which also happens when an ERROR skips the shutdown callback.
@@ -111,6 +118,25 @@ unsafe extern "C-unwind" fn truncate(
 }
 
 #[pg_guard]
+unsafe extern "C-unwind" fn message(
+    ctx: *mut pg_sys::LogicalDecodingContext,
+    txn: *mut pg_sys::ReorderBufferTXN,
+    message_lsn: pg_sys::XLogRecPtr,
+    transactional: bool,
+    prefix: *const std::ffi::c_char,
+    size: pg_sys::Size,
+    message: *const std::ffi::c_char,
+) {
+    // SAFETY: PostgreSQL passes a NUL-terminated prefix and `size` bytes of
+    // content, valid for the callback.
+    unsafe {
+        let prefix = CStr::from_ptr(prefix);
+        let content = std::slice::from_raw_parts(message.cast::<u8>(), size);
+        decoder(ctx).message(ctx, txn, message_lsn, transactional, prefix, content)
+    }
+}
+
+#[pg_guard]
 unsafe extern "C-unwind" fn commit(
     ctx: *mut pg_sys::LogicalDecodingContext,
     _txn: *mut pg_sys::ReorderBufferTXN,
@@ -133,6 +159,25 @@ pub unsafe fn flush_pending(ctx: *mut pg_sys::LogicalDecodingContext) {
         decoder(ctx).flush_all(ctx);
         (*ctx).accept_writes = false;
     }
+}
+
+/// The LSN the slot must not confirm past while snapshot chunks are read.
+///
+/// # Safety
+/// `ctx` must be a decoding context of this plugin.
+pub unsafe fn snapshot_hold(ctx: *mut pg_sys::LogicalDecodingContext) -> Option<u64> {
+    // SAFETY: the decoder lives in the context.
+    unsafe { decoder(ctx).snapshot_hold() }
+}
+
+/// Snapshot files delivered since the last call, to delete once the slot's
+/// saved position passes them.
+///
+/// # Safety
+/// `ctx` must be a decoding context of this plugin, between callbacks.
+pub unsafe fn take_delivered(ctx: *mut pg_sys::LogicalDecodingContext) -> Vec<Delivered> {
+    // SAFETY: the decoder lives in the context.
+    unsafe { decoder(ctx).take_delivered() }
 }
 
 /// Whether decoded rows wait in an open batch.

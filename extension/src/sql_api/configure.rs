@@ -19,6 +19,8 @@ use super::consumers;
 use super::discover::{self, Identity, Table};
 use super::error::SqlError;
 use super::lookup;
+use super::snapshots;
+use crate::snapshot;
 use crate::worker;
 use pgcdc_reader::pattern::{nearest, TableFilter};
 use pgcdc_reader::ring::file::RingKey;
@@ -38,6 +40,8 @@ pub struct Request {
     pub partitions: i32,
     /// A consumer to register (if it is not yet).
     pub consumer: Option<String>,
+    /// Whether tables that join the stream are snapshotted.
+    pub snapshot: bool,
 }
 
 /// One route of a configured stream.
@@ -151,7 +155,25 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
             (row, key)
         })
         .unzip();
+    // The tables new to the stream (all of them, the first time).
+    let known: Vec<i64> = Spi::connect(|client| {
+        client
+            .select("SELECT DISTINCT relid::int8 FROM pgcdc.routes WHERE slot_name = $1", None, &[request.slot.as_str().into()])?
+            .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })?;
     record(&request, &publication, &routes)?;
+    if request.snapshot {
+        let joining: Vec<(u32, String, String)> = tables
+            .iter()
+            .filter(|t| !known.contains(&i64::from(t.relid)))
+            .map(|t| (t.relid, t.schema.clone(), t.name.clone()))
+            .collect();
+        if !joining.is_empty() {
+            snapshot::request(&request.slot, &joining)?;
+            snapshots::start_at_commit(&request.slot)?;
+        }
+    }
     if let Some(consumer) = &request.consumer {
         consumers::register(&request.slot, consumer, None)?;
     }
@@ -447,9 +469,11 @@ pub fn drop(slot: &str) -> Result<(), SqlError> {
     // The rings die with the stream once the transaction commits; should it
     // abort, the stream goes on with a new worker.
     let dir = worker::stream_dir(slot);
+    let snapshot_dir = snapshot::snapshot_dir(slot);
     register_xact_callback(PgXactCallbackEvent::Commit, move || {
         // A missing directory is fine.
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&snapshot_dir);
     });
     let database = discover::current_database()?;
     let (database, restart) = (database.clone(), slot.to_owned());

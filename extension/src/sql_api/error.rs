@@ -45,6 +45,12 @@ pub enum SqlError {
     NotOwner(Vec<String>),
     #[error("the current role may not write pgcdc's catalog (the pgcdc schema's tables)")]
     NoCatalogAccess,
+    #[error("{} in stream \"{slot}\"", no_match_message(.patterns))]
+    NotInStream { slot: String, patterns: Vec<String>, nearest: Vec<String> },
+    #[error("snapshot must be 'initial' or 'never', not '{0}'")]
+    SnapshotMode(String),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
     Spi(#[from] pgrx::spi::Error),
 }
@@ -75,13 +81,26 @@ impl Report for SqlError {
             SqlError::Ring(_) => ERRCODE_IO_ERROR,
             SqlError::ForeignSlot(_) | SqlError::ForeignPublication(_) => ERRCODE_DUPLICATE_OBJECT,
             SqlError::NotOwner(_) | SqlError::NoCatalogAccess => ERRCODE_INSUFFICIENT_PRIVILEGE,
+            SqlError::NotInStream { .. } => ERRCODE_UNDEFINED_TABLE,
+            SqlError::SnapshotMode(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            SqlError::Snapshot(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             SqlError::Spi(_) => ERRCODE_INTERNAL_ERROR,
         }
     }
 
     fn hint(&self) -> Option<String> {
         match self {
-            SqlError::NotConfigured(_) | SqlError::Spi(_) => None,
+            SqlError::NotConfigured(_) | SqlError::Spi(_) | SqlError::Snapshot(_) => None,
+            SqlError::NotInStream { nearest, .. } if !nearest.is_empty() => {
+                Some(format!("Did you mean {}? cdc_routes() lists the stream's tables.", nearest.join(" or ")))
+            }
+            SqlError::NotInStream { .. } => {
+                Some("cdc_routes() lists the stream's tables; add a table with cdc_auto_configure first.".into())
+            }
+            SqlError::SnapshotMode(_) => Some(
+                "'initial' delivers each table's existing rows before its changes; 'never' only the changes from now on."
+                    .into(),
+            ),
             SqlError::Partitions(_) => Some("Each partition is a ring that one consumer reads in parallel with the others.".into()),
             SqlError::WorkerDidNotStop(_) => Some("See pg_stat_activity for the worker, and try again.".into()),
             SqlError::Reshape { slot, .. } => Some(format!(

@@ -7,9 +7,10 @@ mod consumers;
 mod discover;
 mod error;
 mod lookup;
+mod snapshots;
 mod status;
 
-use crate::report::OrReport;
+use crate::report::{self, OrReport};
 use configure::Request;
 use pgrx::prelude::*;
 
@@ -81,6 +82,7 @@ fn cdc_auto_configure_one(
     grant_to: default!(Option<&str>, "NULL"),
     partitions: default!(i32, 1),
     consumer: default!(Option<&str>, "'default'"),
+    snapshot: default!(&str, "'initial'"),
 ) -> TableIterator<
     'static,
     (name!(schema_name, String), name!(table_name, String), name!(route, String), name!(ring_path, String)),
@@ -94,6 +96,7 @@ fn cdc_auto_configure_one(
         grant_to,
         partitions,
         consumer,
+        snapshot,
     )
 }
 
@@ -102,7 +105,10 @@ fn cdc_auto_configure_one(
 /// `wal2arrow` slot, grants read access, records the stream, registers
 /// `consumer` (NULL: none) and starts its worker. Returns each table's
 /// route and ring file (`partitions` > 1 splits each table into that many
-/// routes by a hash of its key, for parallel consumers). Running it again
+/// routes by a hash of its key, for parallel consumers). With `snapshot =>
+/// 'initial'` (the default) each table's existing rows reach its route
+/// first, as `r` rows interleaved with its changes (DESIGN §6), including
+/// tables that join the stream when it is run again. Running it again
 /// with the same arguments changes nothing; the table list may change,
 /// the routing (`route_by_table`, `partitions`, `publication_name`) may not.
 #[pg_extern]
@@ -116,6 +122,7 @@ fn cdc_auto_configure(
     grant_to: default!(Option<&str>, "NULL"),
     partitions: default!(i32, 1),
     consumer: default!(Option<&str>, "'default'"),
+    snapshot: default!(&str, "'initial'"),
 ) -> TableIterator<
     'static,
     (name!(schema_name, String), name!(table_name, String), name!(route, String), name!(ring_path, String)),
@@ -129,6 +136,11 @@ fn cdc_auto_configure(
         grant_to: grant_to.map(str::to_owned),
         partitions,
         consumer: consumer.map(str::to_owned),
+        snapshot: match snapshot {
+            "initial" => true,
+            "never" => false,
+            other => report::raise(&error::SqlError::SnapshotMode(other.to_owned())),
+        },
     })
     .or_report();
     TableIterator::new(routes.into_iter().map(|r| (r.schema, r.table, r.route, r.ring_path)))
@@ -236,4 +248,83 @@ fn cdc_consumers() -> TableIterator<
         rows.into_iter()
             .map(|c| (c.slot, c.route, c.name, c.pid, c.acknowledged_lsn, c.lag_bytes, c.idle_seconds, c.holds_back)),
     )
+}
+
+/// Delivers the existing rows of the stream's tables that `tables`
+/// selects (patterns as in `cdc_auto_configure`; NULL: every table of the
+/// stream) again, as `r` rows interleaved with the changes: for a consumer
+/// that lost its copy, or a new one. A table whose snapshot is in progress
+/// keeps that one. Returns one row per table.
+#[pg_extern]
+fn cdc_snapshot(
+    slot_name: &str,
+    tables: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (name!(snapshot_id, i64), name!(schema_name, String), name!(table_name, String), name!(state, String)),
+> {
+    let requested = snapshots::request(slot_name, tables.as_deref()).or_report();
+    TableIterator::new(requested.into_iter().map(|r| (r.snapshot as i64, r.schema, r.table, r.state)))
+}
+
+/// Cancels the pending and running snapshots of the tables `tables`
+/// selects (NULL: all of the stream's). Returns those cancelled.
+#[pg_extern]
+fn cdc_snapshot_cancel(
+    slot_name: &str,
+    tables: default!(Option<Vec<String>>, "NULL"),
+) -> TableIterator<'static, (name!(snapshot_id, i64), name!(schema_name, String), name!(table_name, String))> {
+    let cancelled = snapshots::cancel(slot_name, tables.as_deref()).or_report();
+    TableIterator::new(cancelled.into_iter().map(|r| (r.snapshot as i64, r.schema, r.table)))
+}
+
+/// Every snapshot of a stream (of every stream when NULL), newest first:
+/// its state, rows read and estimated, chunks, key ranges, rows per
+/// second, the seconds it should still take, and why it failed.
+#[pg_extern]
+#[allow(clippy::type_complexity)] // the SQL result's columns
+fn cdc_snapshots(
+    slot_name: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(slot_name, String),
+        name!(snapshot_id, i64),
+        name!(schema_name, String),
+        name!(table_name, String),
+        name!(state, String),
+        name!(rows_done, i64),
+        name!(rows_estimated, Option<i64>),
+        name!(chunks_done, i64),
+        name!(ranges, i32),
+        name!(ranges_done, i32),
+        name!(rows_per_second, Option<f64>),
+        name!(eta_seconds, Option<f64>),
+        name!(requested_at, pgrx::datum::TimestampWithTimeZone),
+        name!(started_at, Option<pgrx::datum::TimestampWithTimeZone>),
+        name!(finished_at, Option<pgrx::datum::TimestampWithTimeZone>),
+        name!(error, Option<String>),
+    ),
+> {
+    let rows = snapshots::list(slot_name).or_report();
+    TableIterator::new(rows.into_iter().map(|r| {
+        (
+            r.slot,
+            r.snapshot,
+            r.schema,
+            r.table,
+            r.state,
+            r.rows_done,
+            r.rows_estimated,
+            r.chunks_done,
+            r.ranges,
+            r.ranges_done,
+            r.rows_per_second,
+            r.eta_seconds,
+            r.requested_at,
+            r.started_at,
+            r.finished_at,
+            r.error,
+        )
+    }))
 }

@@ -120,6 +120,24 @@ impl Session {
         self.sink.flushed();
     }
 
+    /// The LSN the slot must not confirm past while snapshot chunks are
+    /// being read (their windows must be decoded again after a crash).
+    pub fn snapshot_hold(&self) -> Option<u64> {
+        // SAFETY: the context lives until `drop`, between callbacks here.
+        unsafe { crate::plugin::snapshot_hold(self.ctx) }
+    }
+
+    /// Snapshot files delivered since the last call.
+    pub fn take_delivered(&mut self) -> Vec<crate::plugin::Delivered> {
+        // SAFETY: as above.
+        unsafe { crate::plugin::take_delivered(self.ctx) }
+    }
+
+    /// The confirmed position last written to disk.
+    pub fn saved(&self) -> pg_sys::XLogRecPtr {
+        self.saved
+    }
+
     /// The end of the last record decoded: every transaction that
     /// committed before it has passed through the plugin.
     pub fn decoded_upto(&self) -> pg_sys::XLogRecPtr {

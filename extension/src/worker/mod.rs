@@ -22,6 +22,7 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::prelude::*;
 pub use sink::RingSettings;
 use sink::{Shape, Sink};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,8 @@ struct Stream {
     publication: String,
     shape: Shape,
     consumers: Vec<pgcdc_reader::ring::Consumer>,
+    /// Whether a snapshot of one of its tables is pending or running.
+    snapshotting: bool,
 }
 
 /// What the rings of stream `slot` are made of: the size and group the
@@ -128,7 +131,14 @@ fn load_stream(slot: &str) -> Result<Option<Stream>, pgrx::spi::Error> {
                 Ok(pgcdc_reader::ring::Consumer { name, owner })
             })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()?;
-        Ok(Some(Stream { publication, shape, consumers }))
+        let snapshotting = !client
+            .select(
+                "SELECT 1 FROM pgcdc.snapshots WHERE slot_name = $1 AND state IN ('pending', 'running')",
+                Some(1),
+                &[slot.into()],
+            )?
+            .is_empty();
+        Ok(Some(Stream { publication, shape, consumers, snapshotting }))
     })
 }
 
@@ -215,11 +225,21 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
         ("batch_bytes", batch_bytes.to_string()),
         ("flush_on_table_change", merged.to_string()),
         ("flush_at_commit", "false".to_string()),
+        ("snapshot_markers", "true".to_string()),
     ];
     // SAFETY: a background worker connected to the slot's database, outside
     // any transaction, as the decoding loop requires.
     let mut session = unsafe { Session::start(slot, &options, Box::new(sink)) };
     pgrx::log!("pgcdc worker: streaming slot \"{slot}\" of database \"{database}\" into {}", dir.display());
+    // After a restart of the server, snapshots in progress go on.
+    if stream.snapshotting {
+        if let Err(e) = crate::snapshot::start_workers(database, slot) {
+            pgrx::warning!("pgcdc worker: the snapshot workers of stream \"{slot}\" did not start: {e}");
+        }
+    }
+    // Snapshot files delivered, deleted once the slot's saved position
+    // passes them.
+    let mut delivered: VecDeque<crate::plugin::Delivered> = VecDeque::new();
 
     let mut last_confirm = Instant::now();
     let mut last_save = Instant::now();
@@ -241,11 +261,23 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
             holding_since = None;
         }
         if last_confirm.elapsed() >= CONFIRM_EVERY || read == 0 {
-            let bound = session.sink().confirmable(session.decoded_upto(), session.has_pending());
+            let mut bound = session.sink().confirmable(session.decoded_upto(), session.has_pending());
+            if let Some(hold) = session.snapshot_hold() {
+                bound = bound.min(hold);
+            }
             session.confirm(bound);
-            if last_save.elapsed() >= SAVE_EVERY {
+            delivered.extend(session.take_delivered());
+            // Snapshot workers wait for their chunk files to go: saved
+            // sooner while some could.
+            let freeable = delivered.front().is_some_and(|d| d.after <= bound);
+            if last_save.elapsed() >= SAVE_EVERY || freeable {
                 session.save();
                 last_save = Instant::now();
+                while delivered.front().is_some_and(|d| d.after <= session.saved()) {
+                    for file in delivered.pop_front().map(|d| d.files).unwrap_or_default() {
+                        let _ = std::fs::remove_file(file);
+                    }
+                }
             }
             session.sink_mut().heartbeat();
             last_confirm = Instant::now();

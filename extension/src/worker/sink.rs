@@ -263,6 +263,19 @@ impl Sink {
         let keys = self.keys(spec.relid);
         let table = table_name(message);
         let dir = self.dir.clone();
+        if message.batch.num_rows() == 0 {
+            // A marker: on every route of the table.
+            let group = self.settings.group;
+            for (k, key) in keys.iter().enumerate() {
+                let display = match (self.shape.route_by_table, keys.len()) {
+                    (false, _) => self.settings.identity.slot.clone(),
+                    (true, 1) => table.clone(),
+                    (true, _) => format!("{table}#{k}"),
+                };
+                self.route(*key, &display)?.write(message, &display, &message.batch, bytes, &dir, group)?;
+            }
+            return Ok(());
+        }
         if let [key] = keys[..] {
             let display = if self.shape.route_by_table { table } else { self.settings.identity.slot.clone() };
             let group = self.settings.group;
@@ -419,11 +432,25 @@ impl Route {
             self.writer.set_route_name(display);
             self.fingerprint = Some(message.schema.fingerprint());
         }
-        let commits = batch
-            .column_by_name(contract::COMMIT_LSN)
-            .and_then(|c| c.as_primitive_opt::<UInt64Type>())
-            .expect("a change batch has _commit_lsn");
-        let meta = positions(self.last, commits, message.ends_transaction);
+        let meta = match message.marker {
+            Some(commit_lsn) if batch.num_rows() == 0 => {
+                // A marker takes the place (its commit, 0) before any row of
+                // its transaction: it comes in a transaction of its own.
+                if self.last.is_some_and(|last| last.commit_lsn >= commit_lsn) {
+                    pgrx::log!("pgcdc worker: a marker in a transaction with rows on route {display}: not written");
+                    return Ok(());
+                }
+                let at = Position::new(commit_lsn, 0);
+                FrameMeta { rows: 0, first: at, last: at, ends_transaction: false }
+            }
+            _ => {
+                let commits = batch
+                    .column_by_name(contract::COMMIT_LSN)
+                    .and_then(|c| c.as_primitive_opt::<UInt64Type>())
+                    .expect("a change batch has _commit_lsn");
+                positions(self.last, commits, message.ends_transaction)
+            }
+        };
         let geometry = self.writer.ring().geometry();
         let spill;
         let (kind, frame): (u32, &[u8]) = if frame_size(payload.len() as u64) > geometry.max_frame() {

@@ -351,6 +351,49 @@ pub fn write_beside(path: &Path, bytes: &[u8], group: Option<u32>) -> Result<(),
     file.write_all(bytes).map_err(io(path))
 }
 
+/// Writes `bytes` to `path` for this process alone (mode 0600): to a
+/// temporary file first, renamed into place, so that a reader finds the
+/// whole file or none (snapshot chunks, which hold a table's rows). With
+/// `durable`, the file and its name are on disk when this returns.
+pub fn write_private(path: &Path, bytes: &[u8], durable: bool) -> Result<(), RingError> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let _ = std::fs::remove_file(&temporary);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&temporary)
+        .map_err(io(&temporary))?;
+    file.write_all(bytes).map_err(io(&temporary))?;
+    if durable {
+        file.sync_all().map_err(io(&temporary))?;
+    }
+    drop(file);
+    std::fs::rename(&temporary, path).map_err(io(path))?;
+    if let (true, Some(dir)) = (durable, path.parent()) {
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Reads a file this process wrote with [`write_private`]: refused unless
+/// it is this process's user's, and writable by nobody else, so that no
+/// other user can have put it there.
+pub fn read_private(path: &Path) -> Result<Vec<u8>, RingError> {
+    let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io(path))?;
+    let meta = file.metadata().map_err(io(path))?;
+    check_own(path, &meta)?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(unsafe_path(path, format!("others may read it (mode {:o})", meta.mode() & 0o7777)));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(io(path))?;
+    Ok(bytes)
+}
+
 /// The ring files of a stream's directory (none when it does not exist).
 pub fn rings_in(stream_dir: &Path) -> Result<Vec<PathBuf>, RingError> {
     let entries = match std::fs::read_dir(stream_dir) {

@@ -115,7 +115,9 @@ impl RingReader {
                     self.advance(end_pos, Position::START);
                 }
                 KIND_BATCH | KIND_SPILL => {
-                    if meta.rows == 0 || meta.first > meta.last || meta.first.index == 0 {
+                    // A frame of no rows marks a place: (commit, 0).
+                    let marker = meta.rows == 0 && meta.first == meta.last && meta.first.index == 0;
+                    if !marker && (meta.rows == 0 || meta.first > meta.last || meta.first.index == 0) {
                         return Err(corrupt(format!(
                             "frame positions {}..{} for {} rows",
                             meta.first, meta.last, meta.rows

@@ -491,3 +491,21 @@ fn ring_keys_read_back_from_file_names() {
     assert_eq!(file::RingKey::from_file_name("16390-1.ring", 1), None, "not a name of this stream's shape");
     assert_eq!(file::RingKey::from_file_name("x.ring", 1), None);
 }
+
+#[test]
+fn private_files_are_whole_and_only_the_writers() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir::Dir::new();
+    let path = dir.path().join("7.0.1.chunk");
+    file::write_private(&path, b"first", false).unwrap();
+    file::write_private(&path, b"second, longer", true).unwrap();
+    assert_eq!(file::read_private(&path).unwrap(), b"second, longer");
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!dir.path().join("7.0.1.chunk.tmp").exists());
+    // Readable by others: maybe not the server's own.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(matches!(file::read_private(&path), Err(RingError::Unsafe { .. })));
+    let link = dir.path().join("link.chunk");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    assert!(file::read_private(&link).is_err(), "a symbolic link is not followed");
+}

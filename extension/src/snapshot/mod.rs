@@ -1,0 +1,162 @@
+//! Snapshots (DESIGN §6): a table's existing rows delivered on its route as
+//! `r` rows, interleaved with its live changes so that applying the route
+//! in order yields the table's exact contents.
+//!
+//! A snapshot is planned into key ranges ([`plan`]); snapshot workers
+//! ([`worker`], up to `pgcdc.snapshot_workers` per stream) take ranges and
+//! read them chunk by chunk ([`chunk`]), each chunk between a low and a
+//! high watermark that the stream's decoder reconciles with the changes
+//! between them (`pgcdc_reader::snapshot`). No lock beyond ACCESS SHARE for
+//! the few milliseconds of a chunk, no transaction held for a whole table,
+//! and progress committed with every chunk: a crash of anything resumes
+//! from the last chunk delivered.
+//!
+//! The catalog (`pgcdc.snapshots`, `pgcdc.snapshot_ranges`) says what was
+//! asked and how far it got. The chunk files and each snapshot's token live
+//! in `$PGDATA/pgcdc_snapshots/<slot>`: durable like the slot itself (a
+//! chunk must outlive the slot's confirmed position, also across a reboot
+//! that empties a tmpfs ring directory), and out of every reader's reach
+//! (they hold rows of tables a reader may not be allowed to see).
+
+mod chunk;
+mod error;
+mod plan;
+mod worker;
+
+pub use error::SnapshotError;
+pub use worker::start_workers;
+
+use pgcdc_reader::ring::file;
+use pgcdc_reader::snapshot::{token_file_name, Marker, MESSAGE_PREFIX};
+use pgrx::pg_sys;
+use pgrx::spi::Spi;
+use std::path::PathBuf;
+
+/// Where stream `slot`'s snapshot files live.
+pub fn snapshot_dir(slot: &str) -> PathBuf {
+    // SAFETY: DataDir is set once at server start, before any backend or
+    // worker runs, and never changes.
+    let data = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir).to_string_lossy().into_owned() };
+    PathBuf::from(data).join("pgcdc_snapshots").join(slot)
+}
+
+/// Whether files must reach the disk before a commit that relies on them:
+/// as PostgreSQL's own `fsync` setting says.
+fn durable() -> bool {
+    // SAFETY: reading a setting's global, set by the GUC machinery.
+    unsafe { pg_sys::enableFsync }
+}
+
+/// Commits a watermark to the WAL, in the current transaction.
+fn emit(marker: &Marker) -> Result<(), pgrx::spi::Error> {
+    Spi::run_with_args(
+        "SELECT pg_logical_emit_message(true, $1, $2)",
+        &[MESSAGE_PREFIX.into(), marker.to_string().into()],
+    )
+}
+
+/// The token of snapshot `snapshot` of stream `slot`, made (and written to
+/// its file) on first use.
+fn token(slot: &str, snapshot: u64) -> Result<u64, SnapshotError> {
+    let dir = snapshot_dir(slot);
+    let path = dir.join(token_file_name(snapshot));
+    if let Ok(text) = file::read_private(&path) {
+        if let Ok(token) = u64::from_str_radix(String::from_utf8_lossy(&text).trim(), 16) {
+            return Ok(token);
+        }
+    }
+    // gen_random_uuid draws from pg_strong_random.
+    let random: Option<String> = Spi::get_one("SELECT substr(replace(gen_random_uuid()::text, '-', ''), 1, 16)")?;
+    let token = u64::from_str_radix(&random.unwrap_or_default(), 16).map_err(|e| SnapshotError::Write {
+        table: format!("snapshot {snapshot}"),
+        why: format!("making its token: {e}"),
+    })?;
+    create_dir(&dir)?;
+    file::write_private(&path, format!("{token:016x}").as_bytes(), durable())?;
+    Ok(token)
+}
+
+/// Creates the snapshot directory of a stream (the server's only).
+fn create_dir(dir: &std::path::Path) -> Result<(), SnapshotError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| SnapshotError::Ring(pgcdc_reader::ring::RingError::Io { path: dir.display().to_string(), source: e }))
+}
+
+/// A table's snapshot, as a request for one returns it.
+pub struct Requested {
+    pub snapshot: u64,
+    pub schema: String,
+    pub table: String,
+    pub state: String,
+}
+
+/// Asks for a snapshot of each table (`relid`, schema, name) of stream
+/// `slot`: a table with a snapshot pending or running keeps that one (it
+/// delivers the whole table anyway). The snapshot workers must be started
+/// once the transaction commits ([`start_workers`]).
+///
+/// A table without a key is recorded as failed at once, with a warning that
+/// says what to do.
+pub fn request(slot: &str, tables: &[(u32, String, String)]) -> Result<Vec<Requested>, SnapshotError> {
+    let mut requested = Vec::with_capacity(tables.len());
+    for (relid, schema, table) in tables {
+        if let Err(e @ SnapshotError::NoKey(_)) = chunk::table_key(*relid) {
+            pgrx::warning!("pgcdc: no snapshot of {}: {e}", pgrx::spi::quote_qualified_identifier(schema, table));
+            let snapshot = Spi::get_one_with_args::<i64>(
+                "INSERT INTO pgcdc.snapshots (slot_name, relid, schema_name, table_name, state, error, finished_at)
+                 VALUES ($1, $2::int8::oid, $3, $4, 'failed', $5, now()) RETURNING snapshot_id",
+                &[slot.into(), i64::from(*relid).into(), schema.as_str().into(), table.as_str().into(), e.to_string().into()],
+            )?;
+            requested.push(Requested {
+                snapshot: u64::try_from(snapshot.unwrap_or(0)).unwrap_or(0),
+                schema: schema.clone(),
+                table: table.clone(),
+                state: "failed".into(),
+            });
+            continue;
+        }
+        Spi::run_with_args(
+            "INSERT INTO pgcdc.snapshots (slot_name, relid, schema_name, table_name) VALUES ($1, $2::int8::oid, $3, $4)
+             ON CONFLICT (slot_name, relid) WHERE state IN ('pending', 'running') DO NOTHING",
+            &[slot.into(), i64::from(*relid).into(), schema.as_str().into(), table.as_str().into()],
+        )?;
+        let (snapshot, state) = Spi::get_two_with_args::<i64, String>(
+            "SELECT snapshot_id, state FROM pgcdc.snapshots
+             WHERE slot_name = $1 AND relid = $2::int8::oid AND state IN ('pending', 'running')",
+            &[slot.into(), i64::from(*relid).into()],
+        )?;
+        requested.push(Requested {
+            snapshot: u64::try_from(snapshot.unwrap_or(0)).unwrap_or(0),
+            schema: schema.clone(),
+            table: table.clone(),
+            state: state.unwrap_or_default(),
+        });
+    }
+    Ok(requested)
+}
+
+/// Ends snapshot `snapshot` of stream `slot` before its time (`state`:
+/// cancelled or failed, with why): its workers stop at their next chunk,
+/// and the stream forgets its open chunks. False if it had ended already.
+pub fn stop(slot: &str, snapshot: u64, state: &str, error: Option<&str>) -> Result<bool, SnapshotError> {
+    let relid = Spi::get_one_with_args::<i64>(
+        "UPDATE pgcdc.snapshots SET state = $2, error = $3, finished_at = now()
+         WHERE snapshot_id = $1 AND state IN ('pending', 'running') RETURNING relid::int8",
+        &[(snapshot as i64).into(), state.into(), error.into()],
+    )?;
+    let Some(relid) = relid else { return Ok(false) };
+    emit(&Marker {
+        slot: slot.to_owned(),
+        kind: pgcdc_reader::snapshot::MarkerKind::Cancel,
+        snapshot,
+        token: token(slot, snapshot)?,
+        relid: u32::try_from(relid).unwrap_or(0),
+        range: 0,
+        chunk: 0,
+    })?;
+    Ok(true)
+}
