@@ -12,6 +12,7 @@
 //! decoding work with an output plugin that writes nothing.
 
 mod e2e;
+mod snapshot;
 
 use pg_test::{Cluster, Settings};
 use postgres::Client;
@@ -66,6 +67,22 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 fn main() {
+    // `BENCH_ONLY=snapshot` (or decode, e2e): one part of the run.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let part = |name: &str| only.is_empty() || only.split(',').any(|p| p == name);
+    if part("decode") {
+        decode_peers();
+    }
+    if part("e2e") {
+        e2e::run();
+    }
+    if part("snapshot") {
+        snapshot::run();
+    }
+}
+
+/// Every output plugin on the same WAL.
+fn decode_peers() {
     let rows = env_usize("BENCH_ROWS", 200_000);
     let per_txn = env_usize("BENCH_TXN_ROWS", 1_000);
     let rounds = env_usize("BENCH_ROUNDS", 5);
@@ -132,7 +149,6 @@ fn main() {
         arrow / floor
     );
     drop(cluster);
-    e2e::run();
 }
 
 /// Inserts, updates and deletes `rows`-sized sets of rows; returns the

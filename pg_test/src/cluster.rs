@@ -114,6 +114,11 @@ impl Cluster {
         format!("host={} port={PORT} user=postgres dbname={dbname}", self.root.display())
     }
 
+    /// The data directory (`$PGDATA`).
+    pub fn data_directory(&self) -> &Path {
+        &self.data
+    }
+
     /// A connection to the `postgres` database.
     pub fn connect(&self) -> Client {
         self.connect_to("postgres")

@@ -131,10 +131,7 @@ pub fn consume_acking(reader: &mut ChangeReader, count: usize, quiet: Duration) 
     while row_count(&batches) < count && Instant::now() < deadline {
         match reader.next_batch(quiet).expect("read the ring") {
             Some(batch) => {
-                // A batch of no rows is a marker: nothing to acknowledge.
-                if let Some(lsn) = pgcdc_reader::changes::max_commit_lsn(&batch) {
-                    reader.ack(lsn);
-                }
+                reader.ack(pgcdc_reader::changes::max_commit_lsn(&batch).expect("every batch has a commit LSN"));
                 batches.push(batch);
             }
             None => break,

@@ -7,13 +7,18 @@
 //! the original in SQL, as text, for every type.
 
 use crate::check::{quote_literal, sql_literal, unchanged, unmapped};
+use crate::e2e::WAIT;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int8Type;
 use arrow_array::{Array, RecordBatch, StructArray};
+use pgcdc_reader::changes::max_commit_lsn;
 use pgcdc_reader::contract;
 use pgcdc_reader::snapshot::completes_snapshot;
+use pgcdc_reader::ChangeReader;
 use postgres::Client;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 #[derive(Default)]
 pub struct Replica {
@@ -123,9 +128,7 @@ impl Replica {
     /// Asserts that the copy holds exactly the rows of `table`, as text.
     pub fn assert_equals(&self, client: &mut Client, table: &str) {
         let copy = format!("copy_of_{}", table.replace(['.', '"'], "_"));
-        client
-            .batch_execute(&format!("DROP TABLE IF EXISTS {copy}; CREATE TEMP TABLE {copy} (LIKE {table})"))
-            .unwrap();
+        client.batch_execute(&format!("DROP TABLE IF EXISTS {copy}; CREATE TEMP TABLE {copy} (LIKE {table})")).unwrap();
         let rows: Vec<&Vec<String>> = self.rows.values().collect();
         for part in rows.chunks(500) {
             let values: Vec<String> = part.iter().map(|r| format!("({})", r.join(", "))).collect();
@@ -134,7 +137,10 @@ impl Replica {
         }
         let mut differences = |a: &str, b: &str| -> Vec<String> {
             client
-                .query(&format!("SELECT x::text FROM {a} x EXCEPT ALL SELECT y::text FROM {b} y ORDER BY 1 LIMIT 5"), &[])
+                .query(
+                    &format!("SELECT x::text FROM {a} x EXCEPT ALL SELECT y::text FROM {b} y ORDER BY 1 LIMIT 5"),
+                    &[],
+                )
                 .unwrap()
                 .iter()
                 .map(|r| r.get(0))
@@ -150,4 +156,99 @@ impl Replica {
         );
         assert_eq!(self.rows.len() as i64, count, "rows of {table}");
     }
+}
+
+/// A route being applied to a [`Replica`] by a consumer that acknowledges
+/// each batch once applied (the README's pattern).
+///
+/// The routes of one table's key-hash partitions may feed one copy: a key
+/// stays in its partition, so its changes still arrive in order.
+pub struct Follower {
+    rings: Vec<PathBuf>,
+    readers: Vec<ChangeReader>,
+    pub replica: Replica,
+}
+
+impl Follower {
+    /// Follows the ring `ring` as consumer `default`, keyed by `key`.
+    pub fn open(ring: &Path, key: &[&str]) -> Follower {
+        Follower::open_all(&[ring.to_owned()], key)
+    }
+
+    /// Follows the rings of every partition of a table into one copy.
+    pub fn open_all(rings: &[PathBuf], key: &[&str]) -> Follower {
+        Follower { rings: rings.to_vec(), readers: rings.iter().map(|r| open(r)).collect(), replica: Replica::new(key) }
+    }
+
+    /// Applies what the routes hold now (up to a few batches each); returns
+    /// the highest commit LSN seen.
+    pub fn step(&mut self) -> u64 {
+        let mut highest = 0;
+        for reader in &mut self.readers {
+            for _ in 0..16 {
+                match reader.next_batch(Duration::from_millis(5)).expect("read the ring") {
+                    Some(batch) => {
+                        self.replica.apply(&batch);
+                        let lsn = max_commit_lsn(&batch).expect("every batch has a commit LSN");
+                        reader.ack(lsn);
+                        highest = highest.max(lsn);
+                    }
+                    None => break,
+                }
+            }
+        }
+        highest
+    }
+
+    /// The consumer process dies and starts again: new readers resume
+    /// from what was acknowledged, and the copy (kept with them, as a real
+    /// consumer keeps its state) takes the changes after it again.
+    pub fn restart(&mut self) {
+        self.readers = self.rings.iter().map(|r| open(r)).collect();
+    }
+}
+
+fn open(ring: &Path) -> ChangeReader {
+    ChangeReader::open_waiting(ring, "default", WAIT).expect("open the ring")
+}
+
+/// The ring of route `route` among `cdc_auto_configure`'s results.
+pub fn ring(routes: &[(String, PathBuf)], route: &str) -> PathBuf {
+    routes.iter().find(|(r, _)| r == route).unwrap_or_else(|| panic!("no route {route}")).1.clone()
+}
+
+/// `(table_name, state)` of each snapshot of stream `slot`, by table, the
+/// newest of a table first.
+pub fn snapshot_states(client: &mut Client, slot: &str) -> Vec<(String, String)> {
+    client
+        .query("SELECT table_name, state FROM cdc_snapshots($1) ORDER BY 1, snapshot_id DESC", &[&slot])
+        .expect("cdc_snapshots")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// Follows every route until no snapshot of stream `slot` is pending or
+/// running (ten minutes at most).
+pub fn follow_while_snapshotting(client: &mut Client, slot: &str, followers: &mut [Follower]) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while snapshot_states(client, slot).iter().any(|(_, s)| s == "pending" || s == "running") {
+        assert!(Instant::now() < deadline, "the snapshots did not finish: {:?}", snapshot_states(client, slot));
+        followers.iter_mut().for_each(|f| {
+            f.step();
+        });
+    }
+}
+
+/// Follows every route until each has had a change committed after `lsn`.
+/// All of them at once: one worker fills every ring, so a consumer that
+/// stopped reading its route would hold the others back.
+pub fn follow_past(followers: &mut [Follower], lsn: u64) {
+    let mut arrived = vec![false; followers.len()];
+    crate::e2e::eventually("a change after that on every route", || {
+        for (follower, arrived) in followers.iter_mut().zip(arrived.iter_mut()) {
+            *arrived |= follower.step() > lsn;
+        }
+        arrived.iter().all(|a| *a)
+    });
 }

@@ -49,9 +49,11 @@ fn changes_flow_into_rings_and_acknowledgements_move_the_slot() {
              CREATE TABLE noise (id bigserial PRIMARY KEY, pad text);",
         )
         .unwrap();
+    // Batch by batch, as the worker writes them: without a snapshot's
+    // completion marker among them (tests/snapshots.rs has those).
     let routes = configure(
         &mut client,
-        "SELECT * FROM cdc_auto_configure(ARRAY['public.users', 'public.orders'], slot_name => 'live')",
+        "SELECT * FROM cdc_auto_configure(ARRAY['public.users', 'public.orders'], slot_name => 'live', snapshot => 'never')",
     );
     assert_eq!(routes.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["public.orders", "public.users"]);
     assert!(routes.iter().all(|(_, p)| p.starts_with(cluster.ring_directory())), "{routes:?}");
@@ -147,7 +149,10 @@ fn preloaded_pgcdc_restarts_every_stream_with_the_server() {
     let cluster = Cluster::start_with(pg_test::Settings::default().with("shared_preload_libraries", "'pgcdc'"));
     let mut client = cluster.database_with_pgcdc("preload");
     client.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
-    let routes = configure(&mut client, "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'kept')");
+    let routes = configure(
+        &mut client,
+        "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'kept', snapshot => 'never')",
+    );
     let mut reader = ChangeReader::open_waiting(&routes[0].1, "default", WAIT).unwrap();
     client.batch_execute("INSERT INTO t VALUES (1)").unwrap();
     let batch = reader.next_batch(WAIT).unwrap().expect("before the restart");

@@ -523,9 +523,15 @@ impl Iterator for ChangeReader {
     }
 }
 
-/// The highest `_commit_lsn` in a batch (what to acknowledge once it is
-/// processed), or None for an empty batch.
+/// The highest `_commit_lsn` in a batch: what to acknowledge once it is
+/// processed. Some for every batch a reader yields, including the batch of
+/// no rows that completes a snapshot (its commit LSN is in its metadata,
+/// [`META_COMMIT_LSN`](crate::snapshot::META_COMMIT_LSN)); None for a batch
+/// of no rows that is not one.
 pub fn max_commit_lsn(batch: &RecordBatch) -> Option<u64> {
+    if batch.num_rows() == 0 {
+        return batch.schema().metadata().get(crate::snapshot::META_COMMIT_LSN)?.parse().ok();
+    }
     let commits = batch.column_by_name(contract::COMMIT_LSN)?.as_primitive_opt::<UInt64Type>()?;
     (0..commits.len()).map(|i| commits.value(i)).max()
 }

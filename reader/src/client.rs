@@ -16,7 +16,7 @@
 
 use crate::changes::{ChangeReader, ReadError};
 use crate::merge::{merge_streams, MergedReader};
-pub use crate::status::RouteStatus;
+pub use crate::status::{RouteStatus, SnapshotProgress};
 use postgres::{Client, NoTls};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -173,7 +173,9 @@ pub fn status(conninfo: &str) -> Result<Vec<RouteStatus>, ClientError> {
     let mut client = Client::connect(conninfo, NoTls)?;
     let rows = client.query(
         "SELECT slot_name, route, ring_path, worker_pid, slot_lag_bytes, lag_seconds, ring_fill_bytes,
-                ring_capacity_bytes, consumers, changes_per_second FROM cdc_status()",
+                ring_capacity_bytes, consumers, changes_per_second, snapshot_state, snapshot_rows_done,
+                snapshot_rows_estimated, snapshot_chunks_done, snapshot_rows_per_second, snapshot_eta_seconds
+         FROM cdc_status()",
         &[],
     )?;
     Ok(rows
@@ -189,6 +191,14 @@ pub fn status(conninfo: &str) -> Result<Vec<RouteStatus>, ClientError> {
             ring_capacity_bytes: r.get(7),
             consumers: r.get(8),
             changes_per_second: r.get(9),
+            snapshot: r.get::<_, Option<String>>(10).map(|state| SnapshotProgress {
+                state,
+                rows_done: r.get::<_, Option<i64>>(11).unwrap_or(0),
+                rows_estimated: r.get(12),
+                chunks_done: r.get::<_, Option<i64>>(13).unwrap_or(0),
+                rows_per_second: r.get(14),
+                eta_seconds: r.get(15),
+            }),
         })
         .collect())
 }

@@ -37,6 +37,11 @@ pub const META_SNAPSHOT: &str = "pgcdc.snapshot";
 pub const COMPLETE: &str = "complete";
 /// Schema metadata on that batch: the id of the snapshot it completes.
 pub const META_SNAPSHOT_ID: &str = "pgcdc.snapshot_id";
+/// Schema metadata on that batch: the commit LSN of its place in the
+/// stream, which [`max_commit_lsn`](crate::changes::max_commit_lsn) returns
+/// for it, so that the consumer pattern (acknowledge each batch's highest
+/// commit LSN) holds for it too.
+pub const META_COMMIT_LSN: &str = "pgcdc.commit_lsn";
 /// The prefix of the snapshot watermarks, as logical messages.
 pub const MESSAGE_PREFIX: &str = "pgcdc.snapshot";
 
@@ -59,8 +64,12 @@ pub enum MarkerKind {
 }
 
 impl MarkerKind {
-    const NAMES: [(MarkerKind, &'static str); 4] =
-        [(MarkerKind::Low, "low"), (MarkerKind::High, "high"), (MarkerKind::Done, "done"), (MarkerKind::Cancel, "cancel")];
+    const NAMES: [(MarkerKind, &'static str); 4] = [
+        (MarkerKind::Low, "low"),
+        (MarkerKind::High, "high"),
+        (MarkerKind::Done, "done"),
+        (MarkerKind::Cancel, "cancel"),
+    ];
 
     fn name(self) -> &'static str {
         Self::NAMES.iter().find(|(k, _)| *k == self).map_or("", |(_, n)| n)
@@ -114,6 +123,14 @@ impl Marker {
     pub fn chunk_file_name(&self) -> String {
         format!("{}.{}.{}.chunk", self.snapshot, self.range, self.chunk)
     }
+
+    /// The name the chunk file takes once the stream has sent its rows: it
+    /// stays until the slot has confirmed past them (a crash before that
+    /// sends them again), and the snapshot worker, which reads a few chunks
+    /// ahead of the stream, counts only the files not sent yet.
+    pub fn sent_file_name(&self) -> String {
+        format!("{}.{}.{}.sent", self.snapshot, self.range, self.chunk)
+    }
 }
 
 impl fmt::Display for Marker {
@@ -146,8 +163,9 @@ pub fn failed_file_name(snapshot: u64) -> String {
 
 /// Whether `name` is a file of snapshot `snapshot` (its token or a chunk).
 pub fn is_file_of(name: &str, snapshot: u64) -> bool {
-    name.strip_prefix(&format!("{snapshot}."))
-        .is_some_and(|rest| rest == "snapshot" || (rest.ends_with(".chunk") && rest.split('.').count() == 3))
+    name.strip_prefix(&format!("{snapshot}.")).is_some_and(|rest| {
+        rest == "snapshot" || ((rest.ends_with(".chunk") || rest.ends_with(".sent")) && rest.split('.').count() == 3)
+    })
 }
 
 /// Where the `r` rows of a chunk go in the stream: the high watermark's
@@ -215,8 +233,9 @@ pub fn reconcile(
             .ok_or_else(|| ArrowError::SchemaError(format!("no key column \"{name}\"")))
     };
     let key_positions: Vec<usize> = key.iter().map(key_of).collect::<Result<_, _>>()?;
-    let converter =
-        RowConverter::new(key_positions.iter().map(|c| SortField::new(chunk_columns[*c].data_type().clone())).collect())?;
+    let converter = RowConverter::new(
+        key_positions.iter().map(|c| SortField::new(chunk_columns[*c].data_type().clone())).collect(),
+    )?;
     let encode = |columns: Vec<ArrayRef>, rows: usize| -> Result<Vec<Vec<u8>>, ArrowError> {
         let encoded = converter.convert_columns(&columns)?;
         Ok((0..rows).map(|r| encoded.row(r).as_ref().to_vec()).collect())
@@ -309,12 +328,14 @@ pub fn reconcile(
             contract::LSN => Arc::new(UInt64Array::from(vec![at.lsn; rows])),
             contract::COMMIT_LSN => Arc::new(UInt64Array::from(vec![at.commit_lsn; rows])),
             contract::XID => Arc::new(UInt32Array::from(vec![at.xid; rows])),
-            contract::COMMIT_TS => Arc::new(
-                TimestampMicrosecondArray::from(vec![at.commit_ts_us; rows]).with_timezone_opt(match field.data_type() {
-                    arrow_schema::DataType::Timestamp(_, tz) => tz.clone(),
-                    _ => None,
-                }),
-            ),
+            contract::COMMIT_TS => {
+                Arc::new(TimestampMicrosecondArray::from(vec![at.commit_ts_us; rows]).with_timezone_opt(
+                    match field.data_type() {
+                        arrow_schema::DataType::Timestamp(_, tz) => tz.clone(),
+                        _ => None,
+                    },
+                ))
+            }
             contract::SCHEMA => name_dictionary(contract::META_SCHEMA)?,
             contract::TABLE => name_dictionary(contract::META_TABLE)?,
             contract::UNMAPPED => {
@@ -383,7 +404,8 @@ mod tests {
     use arrow_schema::{DataType, Field, Fields, Schema, TimeUnit};
 
     fn typed(name: &str, data_type: DataType) -> Field {
-        Field::new(name, data_type, true).with_metadata(HashMap::from([(contract::FIELD_PG_TYPE.to_owned(), "x".to_owned())]))
+        Field::new(name, data_type, true)
+            .with_metadata(HashMap::from([(contract::FIELD_PG_TYPE.to_owned(), "x".to_owned())]))
     }
 
     /// A change batch of (op, id, v, old id, unchanged columns).
@@ -476,7 +498,9 @@ mod tests {
             rows(&merged),
             [("r".to_owned(), 1, Some("ONE".to_owned())), ("r".to_owned(), 3, Some("three".to_owned()))]
         );
-        let u64s = |name: &str| merged.column_by_name(name).unwrap().as_primitive::<arrow_array::types::UInt64Type>().values().to_vec();
+        let u64s = |name: &str| {
+            merged.column_by_name(name).unwrap().as_primitive::<arrow_array::types::UInt64Type>().values().to_vec()
+        };
         assert_eq!((u64s(contract::LSN), u64s(contract::COMMIT_LSN)), (vec![900, 900], vec![950, 950]));
         assert!(merged.column_by_name(contract::BEFORE).unwrap().is_null(0));
         assert!(merged.column_by_name(contract::UNCHANGED).unwrap().is_null(1));
@@ -522,10 +546,29 @@ mod tests {
         assert_eq!(text, "orders_cdc high 12 deadbeef00000001 16384 3 41");
         assert_eq!(Marker::parse(text.as_bytes()), Some(marker.clone()));
         assert_eq!(marker.chunk_file_name(), "12.3.41.chunk");
-        for bad in ["", "orders_cdc high 12", "orders_cdc sideways 12 1 2 3 4", "s low 1 zz 2 3 4", "s low 1 1 2 3 4 5"] {
+        for bad in ["", "orders_cdc high 12", "orders_cdc sideways 12 1 2 3 4", "s low 1 zz 2 3 4", "s low 1 1 2 3 4 5"]
+        {
             assert_eq!(Marker::parse(bad.as_bytes()), None, "{bad:?}");
         }
-        assert!(is_file_of("12.3.41.chunk", 12) && is_file_of("12.snapshot", 12));
+        assert_eq!(marker.sent_file_name(), "12.3.41.sent");
+        assert!(is_file_of("12.3.41.chunk", 12) && is_file_of("12.3.41.sent", 12) && is_file_of("12.snapshot", 12));
         assert!(!is_file_of("120.snapshot", 12) && !is_file_of("12.3.41.chunk.tmp", 12) && !is_file_of("12.ring", 12));
+    }
+
+    #[test]
+    fn the_completion_marker_is_acknowledged_like_any_batch() {
+        let schema = changes(&[]).schema();
+        let mut metadata = schema.metadata().clone();
+        metadata.insert(META_SNAPSHOT.to_owned(), COMPLETE.to_owned());
+        metadata.insert(META_COMMIT_LSN.to_owned(), "123456".to_owned());
+        let marker = RecordBatch::new_empty(Arc::new(schema.as_ref().clone().with_metadata(metadata)));
+        assert!(completes_snapshot(&marker));
+        assert_eq!(crate::changes::max_commit_lsn(&marker), Some(123_456));
+        assert_eq!(
+            crate::changes::max_commit_lsn(&changes(&[])),
+            None,
+            "no rows and no marker: nothing to acknowledge"
+        );
+        assert!(!completes_snapshot(&changes(&[("c", 1, None, None, &[])])));
     }
 }

@@ -14,11 +14,11 @@
 //! row's `_lsn` gives the exact order.
 
 use super::catalog::RelationPlan;
-use super::watermarks::{Delivered, Watermarks, Window};
 use super::datum::{self, Read};
 use super::error::PluginError;
 use super::partition::Conversion;
 use super::publication::{Actions, Publications, Published};
+use super::watermarks::{Delivered, Watermarks, Window};
 use crate::report::OrReport;
 use arrow_array::RecordBatch;
 use pgcdc_encode::batch::{ChangeBatchBuilder, ChangeSchema, Image, Row, RowMeta};
@@ -29,13 +29,13 @@ use pgcdc_encode::pgformat::datetime;
 use pgcdc_reader::contract::Op;
 use pgcdc_reader::ring::file;
 use pgcdc_reader::snapshot::{
-    failed_file_name, reconcile, Marker, MarkerKind, Watermark, COMPLETE, MESSAGE_PREFIX, META_SNAPSHOT,
-    META_SNAPSHOT_ID,
+    failed_file_name, reconcile, Marker, MarkerKind, Watermark, COMPLETE, MESSAGE_PREFIX, META_COMMIT_LSN,
+    META_SNAPSHOT, META_SNAPSHOT_ID,
 };
 use pgrx::pg_sys;
-use std::path::PathBuf;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -326,14 +326,22 @@ impl Decoder {
             match marker.kind {
                 MarkerKind::Low => watermarks.low(&marker, lsn),
                 MarkerKind::High => {
-                    let path = dir.join(marker.chunk_file_name());
-                    let delivered = match watermarks.high(&marker) {
+                    // Sent before a crash, the chunk is sent again from
+                    // the file it was renamed to.
+                    let (unsent, sent) = (dir.join(marker.chunk_file_name()), dir.join(marker.sent_file_name()));
+                    let path = if unsent.exists() { unsent.clone() } else { sent.clone() };
+                    let delivered = match watermarks.high(&marker, meta.commit_lsn) {
                         Some(window) => self.deliver_chunk(ctx, &marker, &window, &path, meta),
+                        // Read while it was cancelled: the file goes.
+                        None if watermarks.ended(marker.snapshot) => Ok(()),
+                        // Decoded again after a crash: the consumers have it.
+                        None if watermarks.was_sent(&marker) => Ok(()),
                         None => Err("its low watermark was not decoded before it".to_owned()),
                     };
                     if let Err(why) = delivered {
                         fail(&dir, &marker, &why);
                     }
+                    let path = if path == unsent && std::fs::rename(&unsent, &sent).is_ok() { sent } else { path };
                     self.watermarks_mut().deliver(meta.commit_lsn, vec![path]);
                 }
                 MarkerKind::Done | MarkerKind::Cancel => {
@@ -393,7 +401,8 @@ impl Decoder {
             .ok_or_else(|| format!("the stream does not publish the table with OID {} any more", marker.relid))?;
         let target = self.targets.get(&oid).expect("snapshot_target prepared it");
         let schema = target.batch.schema().clone();
-        let key: Vec<String> = target.plan.spec.partition_key.iter().map(|i| target.plan.spec.columns[*i].name.clone()).collect();
+        let key: Vec<String> =
+            target.plan.spec.partition_key.iter().map(|i| target.plan.spec.columns[*i].name.clone()).collect();
         let bytes = file::read_private(path).map_err(|e| e.to_string())?;
         let chunks = ipc::read_stream(&bytes).map_err(|e| e.to_string())?;
         let chunk = match &chunks[..] {
@@ -436,6 +445,7 @@ impl Decoder {
         let mut metadata = schema.arrow().metadata().clone();
         metadata.insert(META_SNAPSHOT.to_owned(), COMPLETE.to_owned());
         metadata.insert(META_SNAPSHOT_ID.to_owned(), marker.snapshot.to_string());
+        metadata.insert(META_COMMIT_LSN.to_owned(), meta.commit_lsn.to_string());
         let arrow = Arc::new(schema.arrow().as_ref().clone().with_metadata(metadata));
         let message = Message {
             schema,
@@ -451,8 +461,8 @@ impl Decoder {
 
     /// The LSN the slot must not confirm past while snapshot chunks are
     /// being read.
-    pub fn snapshot_hold(&self) -> Option<u64> {
-        self.watermarks.as_ref().and_then(Watermarks::hold)
+    pub fn snapshot_hold(&mut self, acknowledged: u64) -> Option<u64> {
+        self.watermarks.as_mut().and_then(|w| w.hold(acknowledged))
     }
 
     /// Snapshot files delivered since the last call.

@@ -11,17 +11,17 @@ mod publication;
 mod watermarks;
 
 use crate::report::OrReport;
-use decoder::Decoder;
 pub(crate) use catalog::RelationPlan;
 pub(crate) use decoder::fill;
+use decoder::Decoder;
 pub use decoder::{current_message, Message};
-pub use watermarks::Delivered;
 use error::PluginError;
 use pgcdc_encode::options::Options;
 use pgrx::pg_guard;
 use pgrx::pg_sys;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicBool, Ordering};
+pub use watermarks::Delivered;
 
 /// Entry point PostgreSQL looks up when a slot uses this library as its
 /// output plugin (as `pgcdc` or through the `wal2arrow.so` alias).
@@ -165,9 +165,9 @@ pub unsafe fn flush_pending(ctx: *mut pg_sys::LogicalDecodingContext) {
 ///
 /// # Safety
 /// `ctx` must be a decoding context of this plugin.
-pub unsafe fn snapshot_hold(ctx: *mut pg_sys::LogicalDecodingContext) -> Option<u64> {
+pub unsafe fn snapshot_hold(ctx: *mut pg_sys::LogicalDecodingContext, acknowledged: u64) -> Option<u64> {
     // SAFETY: the decoder lives in the context.
-    unsafe { decoder(ctx).snapshot_hold() }
+    unsafe { decoder(ctx).snapshot_hold(acknowledged) }
 }
 
 /// Snapshot files delivered since the last call, to delete once the slot's

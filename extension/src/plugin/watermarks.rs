@@ -9,15 +9,19 @@
 //! emit a logical message, nobody else can forge a snapshot's rows or cut
 //! its windows short.
 //!
-//! While a window is open the slot must not confirm past its low
-//! watermark ([`Watermarks::hold`]): decoding after a crash must meet it
-//! again to rebuild the window. A chunk file is needed until the slot's
-//! saved position passes its high watermark ([`Delivered`]).
+//! While a window is open, and after its chunk is sent until the
+//! consumers have acknowledged the chunk's rows, the slot must not confirm
+//! past its low watermark ([`Watermarks::hold`]): decoding after a crash
+//! that meets the high watermark again must meet the low one before it, to
+//! rebuild the window. So a high watermark decoded again without its low
+//! one is of a chunk whose rows every consumer has already. A chunk file
+//! is needed until the slot's saved position passes its high watermark
+//! ([`Delivered`]).
 
 use arrow_array::RecordBatch;
 use pgcdc_reader::ring::file;
 use pgcdc_reader::snapshot::{is_file_of, token_file_name, Marker, MarkerKind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// The changes of one table since a chunk's low watermark.
@@ -42,13 +46,27 @@ pub struct Watermarks {
     tokens: HashMap<u64, Option<u64>>,
     /// (snapshot, range) → the open window of the range's current chunk.
     windows: HashMap<(u64, u32), Window>,
+    /// Chunks sent whose rows are not acknowledged yet: (their low
+    /// watermark's LSN, their high watermark's commit LSN).
+    sent: Vec<(u64, u64)>,
+    /// Snapshots done or cancelled: a chunk of one read meanwhile (its
+    /// high watermark committing after the end) is not sent.
+    ended: HashSet<u64>,
     delivered: Vec<Delivered>,
 }
 
 impl Watermarks {
     /// The watermarks of stream `slot`, whose files live in `dir`.
     pub fn new(slot: String, dir: PathBuf) -> Watermarks {
-        Watermarks { slot, dir, tokens: HashMap::new(), windows: HashMap::new(), delivered: Vec::new() }
+        Watermarks {
+            slot,
+            dir,
+            tokens: HashMap::new(),
+            windows: HashMap::new(),
+            sent: Vec::new(),
+            ended: HashSet::new(),
+            delivered: Vec::new(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -80,15 +98,23 @@ impl Watermarks {
     /// A low watermark at `lsn`: the range's window starts afresh (a
     /// chunk read again after its reader died replaces the one it left).
     pub fn low(&mut self, marker: &Marker, lsn: u64) {
+        if self.ended.contains(&marker.snapshot) {
+            return;
+        }
         let window = Window { relid: marker.relid, chunk: marker.chunk, low: lsn, batches: Vec::new() };
         self.windows.insert((marker.snapshot, marker.range), window);
     }
 
-    /// A high watermark: the window of its chunk, if it is open.
-    pub fn high(&mut self, marker: &Marker) -> Option<Window> {
+    /// A high watermark, of a transaction committing at `commit_lsn`: the
+    /// window of its chunk, if it is open; it holds the slot back until
+    /// the chunk's rows are acknowledged.
+    pub fn high(&mut self, marker: &Marker, commit_lsn: u64) -> Option<Window> {
         let key = (marker.snapshot, marker.range);
         match self.windows.get(&key) {
-            Some(window) if window.chunk == marker.chunk => self.windows.remove(&key),
+            Some(window) if window.chunk == marker.chunk => {
+                self.sent.push((window.low, commit_lsn));
+                self.windows.remove(&key)
+            }
             _ => None,
         }
     }
@@ -97,6 +123,18 @@ impl Watermarks {
     pub fn end(&mut self, marker: &Marker) {
         debug_assert!(matches!(marker.kind, MarkerKind::Done | MarkerKind::Cancel));
         self.windows.retain(|(snapshot, _), _| *snapshot != marker.snapshot);
+        self.ended.insert(marker.snapshot);
+    }
+
+    /// Whether snapshot `snapshot` ended before this point of the WAL.
+    pub fn ended(&self, snapshot: u64) -> bool {
+        self.ended.contains(&snapshot)
+    }
+
+    /// Whether a chunk's rows were sent before (its file renamed so), and
+    /// so, when its low watermark is not decoded again, acknowledged.
+    pub fn was_sent(&self, marker: &Marker) -> bool {
+        self.dir.join(marker.sent_file_name()).exists() && !self.dir.join(marker.chunk_file_name()).exists()
     }
 
     /// Keeps a batch of table `relid`'s changes in the windows open on it.
@@ -106,10 +144,13 @@ impl Watermarks {
         }
     }
 
-    /// The LSN the slot must not confirm past: the earliest low watermark
-    /// of an open window.
-    pub fn hold(&self) -> Option<u64> {
-        self.windows.values().map(|w| w.low).min()
+    /// The LSN the slot must not confirm past, once the consumers have
+    /// acknowledged every transaction up to `acknowledged`: the earliest
+    /// low watermark of an open window or of a chunk whose rows are not
+    /// acknowledged yet.
+    pub fn hold(&mut self, acknowledged: u64) -> Option<u64> {
+        self.sent.retain(|(_, high)| *high > acknowledged);
+        self.windows.values().map(|w| w.low).chain(self.sent.iter().map(|(low, _)| *low)).min()
     }
 
     /// `files` are not needed once the slot's saved position passes
@@ -121,11 +162,7 @@ impl Watermarks {
     /// Every file of snapshot `snapshot` in the stream's directory.
     pub fn files_of(&self, snapshot: u64) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
-        entries
-            .flatten()
-            .filter(|e| is_file_of(&e.file_name().to_string_lossy(), snapshot))
-            .map(|e| e.path())
-            .collect()
+        entries.flatten().filter(|e| is_file_of(&e.file_name().to_string_lossy(), snapshot)).map(|e| e.path()).collect()
     }
 
     /// The files delivered so far, handed to whoever deletes them.

@@ -251,7 +251,11 @@ unsafe fn encode(
             (0..keys)
                 .map(|k| {
                     let text = pg_sys::SPI_getvalue(tuple, result, i32::try_from(k + 2).unwrap_or(0));
-                    if text.is_null() { String::new() } else { CStr::from_ptr(text).to_string_lossy().into_owned() }
+                    if text.is_null() {
+                        String::new()
+                    } else {
+                        CStr::from_ptr(text).to_string_lossy().into_owned()
+                    }
                 })
                 .collect()
         });

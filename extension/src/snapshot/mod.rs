@@ -28,9 +28,27 @@ pub use worker::start_workers;
 
 use pgcdc_reader::ring::file;
 use pgcdc_reader::snapshot::{token_file_name, Marker, MESSAGE_PREFIX};
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::spi::Spi;
+use pgrx::{FromDatum, IntoDatum};
 use std::path::PathBuf;
+
+/// The first row's first column of `sql` (which may write), or None when
+/// it returns no row: pgrx's `Spi::get_one` makes "no row" an error, and
+/// here it is an answer (no snapshot in progress, one that ended already).
+pub fn first_or_none<T: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+) -> Result<Option<T>, pgrx::spi::Error> {
+    Spi::connect_mut(|client| {
+        let table = client.update(sql, Some(1), args)?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        table.first().get_one::<T>()
+    })
+}
 
 /// Where stream `slot`'s snapshot files live.
 pub fn snapshot_dir(slot: &str) -> PathBuf {
@@ -79,11 +97,9 @@ fn token(slot: &str, snapshot: u64) -> Result<u64, SnapshotError> {
 /// Creates the snapshot directory of a stream (the server's only).
 fn create_dir(dir: &std::path::Path) -> Result<(), SnapshotError> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| SnapshotError::Ring(pgcdc_reader::ring::RingError::Io { path: dir.display().to_string(), source: e }))
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| {
+        SnapshotError::Ring(pgcdc_reader::ring::RingError::Io { path: dir.display().to_string(), source: e })
+    })
 }
 
 /// A table's snapshot, as a request for one returns it.
@@ -104,12 +120,20 @@ pub struct Requested {
 pub fn request(slot: &str, tables: &[(u32, String, String)]) -> Result<Vec<Requested>, SnapshotError> {
     let mut requested = Vec::with_capacity(tables.len());
     for (relid, schema, table) in tables {
-        if let Err(e @ SnapshotError::NoKey(_)) = chunk::table_key(*relid) {
+        // An empty table needs no key: there is nothing to read.
+        let empty = seen_empty(*relid)?;
+        if let (false, Err(e @ SnapshotError::NoKey(_))) = (empty, chunk::table_key(*relid)) {
             pgrx::warning!("pgcdc: no snapshot of {}: {e}", pgrx::spi::quote_qualified_identifier(schema, table));
             let snapshot = Spi::get_one_with_args::<i64>(
                 "INSERT INTO pgcdc.snapshots (slot_name, relid, schema_name, table_name, state, error, finished_at)
                  VALUES ($1, $2::int8::oid, $3, $4, 'failed', $5, now()) RETURNING snapshot_id",
-                &[slot.into(), i64::from(*relid).into(), schema.as_str().into(), table.as_str().into(), e.to_string().into()],
+                &[
+                    slot.into(),
+                    i64::from(*relid).into(),
+                    schema.as_str().into(),
+                    table.as_str().into(),
+                    e.to_string().into(),
+                ],
             )?;
             requested.push(Requested {
                 snapshot: u64::try_from(snapshot.unwrap_or(0)).unwrap_or(0),
@@ -119,10 +143,19 @@ pub fn request(slot: &str, tables: &[(u32, String, String)]) -> Result<Vec<Reque
             });
             continue;
         }
+        let in_progress = first_or_none::<i64>(
+            "SELECT snapshot_id FROM pgcdc.snapshots
+             WHERE slot_name = $1 AND relid = $2::int8::oid AND state IN ('pending', 'running')",
+            &[slot.into(), i64::from(*relid).into()],
+        )?;
+        if let Some(id) = in_progress.and_then(|id| u64::try_from(id).ok()) {
+            record_stream_failure(slot, id)?;
+        }
         Spi::run_with_args(
-            "INSERT INTO pgcdc.snapshots (slot_name, relid, schema_name, table_name) VALUES ($1, $2::int8::oid, $3, $4)
+            "INSERT INTO pgcdc.snapshots (slot_name, relid, schema_name, table_name, empty_when_asked)
+             VALUES ($1, $2::int8::oid, $3, $4, $5)
              ON CONFLICT (slot_name, relid) WHERE state IN ('pending', 'running') DO NOTHING",
-            &[slot.into(), i64::from(*relid).into(), schema.as_str().into(), table.as_str().into()],
+            &[slot.into(), i64::from(*relid).into(), schema.as_str().into(), table.as_str().into(), empty.into()],
         )?;
         let (snapshot, state) = Spi::get_two_with_args::<i64, String>(
             "SELECT snapshot_id, state FROM pgcdc.snapshots
@@ -139,11 +172,38 @@ pub fn request(slot: &str, tables: &[(u32, String, String)]) -> Result<Vec<Reque
     Ok(requested)
 }
 
+/// Whether table `relid` has no row at all, as far as this transaction can
+/// tell: only when the role may read it and no row security hides rows
+/// from it (otherwise it cannot tell, and says no). Called after the
+/// stream's slot exists, a yes means every row the table will have is
+/// committed after the slot's consistent point and reaches the stream as
+/// a change: reading the table would only send those rows twice.
+fn seen_empty(relid: u32) -> Result<bool, SnapshotError> {
+    let readable = first_or_none::<String>(
+        "SELECT c.oid::regclass::text FROM pg_class c
+         WHERE c.oid = $1::int8::oid AND NOT c.relrowsecurity AND has_table_privilege(c.oid, 'SELECT')",
+        &[i64::from(relid).into()],
+    )?;
+    let Some(table) = readable else { return Ok(false) };
+    Ok(first_or_none::<bool>(&format!("SELECT NOT EXISTS (SELECT FROM {table})"), &[])?.unwrap_or(false))
+}
+
+/// Records in the catalog that the stream failed snapshot `snapshot` of
+/// stream `slot` (the decoder cannot write the catalog, so it leaves a
+/// file saying why): its workers stop, and a new request for the table
+/// makes a new snapshot. True if it was failed so.
+pub fn record_stream_failure(slot: &str, snapshot: u64) -> Result<bool, SnapshotError> {
+    let path = snapshot_dir(slot).join(pgcdc_reader::snapshot::failed_file_name(snapshot));
+    let Ok(why) = file::read_private(&path) else { return Ok(false) };
+    stop(slot, snapshot, "failed", Some(&String::from_utf8_lossy(&why)))?;
+    Ok(true)
+}
+
 /// Ends snapshot `snapshot` of stream `slot` before its time (`state`:
 /// cancelled or failed, with why): its workers stop at their next chunk,
 /// and the stream forgets its open chunks. False if it had ended already.
 pub fn stop(slot: &str, snapshot: u64, state: &str, error: Option<&str>) -> Result<bool, SnapshotError> {
-    let relid = Spi::get_one_with_args::<i64>(
+    let relid = first_or_none::<i64>(
         "UPDATE pgcdc.snapshots SET state = $2, error = $3, finished_at = now()
          WHERE snapshot_id = $1 AND state IN ('pending', 'running') RETURNING relid::int8",
         &[(snapshot as i64).into(), state.into(), error.into()],

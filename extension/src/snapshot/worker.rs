@@ -135,7 +135,8 @@ fn plan_pending(slot: &str, chunk_rows: usize) -> Result<(), SnapshotError> {
     loop {
         let pending = Spi::connect_mut(|client| {
             let rows = client.update(
-                "SELECT snapshot_id, relid::int8 FROM pgcdc.snapshots WHERE slot_name = $1 AND state = 'pending'
+                "SELECT snapshot_id, relid::int8, empty_when_asked FROM pgcdc.snapshots
+                 WHERE slot_name = $1 AND state = 'pending'
                  ORDER BY snapshot_id LIMIT 1 FOR UPDATE SKIP LOCKED",
                 None,
                 &[slot.into()],
@@ -144,10 +145,18 @@ fn plan_pending(slot: &str, chunk_rows: usize) -> Result<(), SnapshotError> {
                 return Ok::<_, pgrx::spi::Error>(None);
             }
             let row = rows.first();
-            Ok(Some((row.get::<i64>(1)?.unwrap_or(0), row.get::<i64>(2)?.unwrap_or(0))))
+            Ok(Some((
+                row.get::<i64>(1)?.unwrap_or(0),
+                row.get::<i64>(2)?.unwrap_or(0),
+                row.get::<bool>(3)?.unwrap_or(false),
+            )))
         })?;
-        let Some((snapshot, relid)) = pending else { return Ok(()) };
+        let Some((snapshot, relid, empty)) = pending else { return Ok(()) };
         let (snapshot, relid) = (u64::try_from(snapshot).unwrap_or(0), u32::try_from(relid).unwrap_or(0));
+        if empty {
+            complete_at_once(slot, snapshot, relid)?;
+            continue;
+        }
         match plan::plan(relid, chunk_rows, 4 * gucs::snapshot_workers()) {
             Ok(plan) => {
                 token(slot, snapshot)?;
@@ -269,7 +278,7 @@ fn read_range(work: &Work, chunk_rows: usize) -> Result<(), SnapshotError> {
             chunk,
         };
         let go = BackgroundWorker::transaction(|| {
-            if !running(work.snapshot)? {
+            if !running(&work.slot, work.snapshot)? {
                 return Ok::<_, SnapshotError>(false);
             }
             Spi::run_with_args(
@@ -341,14 +350,20 @@ fn wait_for_room(dir: &Path, work: &Work) -> Result<bool, SnapshotError> {
         }
         waited += 1;
         // A cancelled snapshot's chunks are never delivered: look now and then.
-        if waited % 100 == 0 && !BackgroundWorker::transaction(|| running(work.snapshot))? {
+        if waited % 100 == 0 && !BackgroundWorker::transaction(|| running(&work.slot, work.snapshot))? {
             return Ok(false);
         }
     }
 }
 
-fn running(snapshot: u64) -> Result<bool, SnapshotError> {
-    let state = Spi::get_one_with_args::<String>(
+/// Whether snapshot `snapshot` of stream `slot` is still running: neither
+/// cancelled, nor failed here, nor failed by the stream (which could not
+/// deliver one of its chunks; recorded now, so that its workers stop).
+fn running(slot: &str, snapshot: u64) -> Result<bool, SnapshotError> {
+    if super::record_stream_failure(slot, snapshot)? {
+        return Ok(false);
+    }
+    let state = super::first_or_none::<String>(
         "SELECT state FROM pgcdc.snapshots WHERE snapshot_id = $1",
         &[(snapshot as i64).into()],
     )?;
@@ -359,7 +374,7 @@ fn running(snapshot: u64) -> Result<bool, SnapshotError> {
 /// and the worker that finds so (under the snapshot's row lock, so exactly
 /// one does) commits the marker that tells readers.
 fn finish(work: &Work) -> Result<(), SnapshotError> {
-    let state = Spi::get_one_with_args::<String>(
+    let state = super::first_or_none::<String>(
         "SELECT state FROM pgcdc.snapshots WHERE snapshot_id = $1 FOR UPDATE",
         &[(work.snapshot as i64).into()],
     )?;
@@ -385,6 +400,27 @@ fn finish(work: &Work) -> Result<(), SnapshotError> {
     Spi::run_with_args(
         "UPDATE pgcdc.snapshots SET state = 'done', finished_at = now() WHERE snapshot_id = $1",
         &[(work.snapshot as i64).into()],
+    )?;
+    Ok(())
+}
+
+/// Completes the snapshot of a table that was empty when it was asked
+/// for: nothing to read, only the marker that tells readers their copy is
+/// whole (every row since is in the stream before it).
+fn complete_at_once(slot: &str, snapshot: u64, relid: u32) -> Result<(), SnapshotError> {
+    emit(&Marker {
+        slot: slot.to_owned(),
+        kind: MarkerKind::Done,
+        snapshot,
+        token: token(slot, snapshot)?,
+        relid,
+        range: 0,
+        chunk: 0,
+    })?;
+    Spi::run_with_args(
+        "UPDATE pgcdc.snapshots SET state = 'done', started_at = now(), finished_at = now(), rows_estimated = 0
+         WHERE snapshot_id = $1",
+        &[(snapshot as i64).into()],
     )?;
     Ok(())
 }

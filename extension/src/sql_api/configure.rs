@@ -158,7 +158,11 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
     // The tables new to the stream (all of them, the first time).
     let known: Vec<i64> = Spi::connect(|client| {
         client
-            .select("SELECT DISTINCT relid::int8 FROM pgcdc.routes WHERE slot_name = $1", None, &[request.slot.as_str().into()])?
+            .select(
+                "SELECT DISTINCT relid::int8 FROM pgcdc.routes WHERE slot_name = $1",
+                None,
+                &[request.slot.as_str().into()],
+            )?
             .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })?;

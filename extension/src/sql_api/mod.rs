@@ -148,7 +148,8 @@ fn cdc_auto_configure(
 
 /// Per route: its worker, how much WAL the slot retains, how long the
 /// oldest unacknowledged change has waited, how full the ring is, its
-/// consumers, and changes per second.
+/// consumers, changes per second, and the progress of the latest snapshot
+/// of its tables (NULL when none was taken; see `cdc_snapshots()` for each).
 #[pg_extern]
 #[allow(clippy::type_complexity)] // the SQL result's columns
 fn cdc_status() -> TableIterator<
@@ -164,10 +165,17 @@ fn cdc_status() -> TableIterator<
         name!(ring_capacity_bytes, i64),
         name!(consumers, Vec<String>),
         name!(changes_per_second, i64),
+        name!(snapshot_state, Option<String>),
+        name!(snapshot_rows_done, Option<i64>),
+        name!(snapshot_rows_estimated, Option<i64>),
+        name!(snapshot_chunks_done, Option<i64>),
+        name!(snapshot_rows_per_second, Option<f64>),
+        name!(snapshot_eta_seconds, Option<f64>),
     ),
 > {
     let rows = status::status().or_report();
     TableIterator::new(rows.into_iter().map(|r| {
+        let s = r.snapshot;
         (
             r.slot,
             r.route,
@@ -179,6 +187,12 @@ fn cdc_status() -> TableIterator<
             r.ring_capacity_bytes,
             r.consumers,
             r.changes_per_second,
+            s.as_ref().map(|s| s.state.clone()),
+            s.as_ref().map(|s| s.rows_done),
+            s.as_ref().and_then(|s| s.rows_estimated),
+            s.as_ref().map(|s| s.chunks_done),
+            s.as_ref().and_then(|s| s.rows_per_second),
+            s.as_ref().and_then(|s| s.eta_seconds),
         )
     }))
 }

@@ -41,7 +41,7 @@ pub fn cancel(slot: &str, patterns: Option<&[String]>) -> Result<Vec<Requested>,
     let tables = stream_tables(slot, patterns)?;
     let mut cancelled = Vec::new();
     for (relid, schema, table) in tables {
-        let running = Spi::get_one_with_args::<i64>(
+        let running = snapshot::first_or_none::<i64>(
             "SELECT snapshot_id FROM pgcdc.snapshots
              WHERE slot_name = $1 AND relid = $2::int8::oid AND state IN ('pending', 'running')",
             &[slot.into(), i64::from(relid).into()],
@@ -164,6 +164,11 @@ pub fn list(slot: Option<&str>) -> Result<Vec<SnapshotRow>, SqlError> {
     })?;
     for row in &mut rows {
         let path = snapshot::snapshot_dir(&row.slot).join(failed_file_name(row.snapshot as u64));
+        // The stream's word on a chunk counts while the snapshot may still
+        // complete (a cancelled one stays cancelled).
+        if row.state == "cancelled" {
+            continue;
+        }
         if let Ok(why) = file::read_private(&path) {
             row.state = "failed".into();
             row.error = Some(String::from_utf8_lossy(&why).into_owned());

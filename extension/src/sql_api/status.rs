@@ -11,7 +11,7 @@ use super::error::SqlError;
 use crate::worker;
 use pgcdc_reader::ring::file::{self, RingKey};
 use pgcdc_reader::ring::{now_ms, Ring};
-use pgcdc_reader::status::RouteStatus;
+use pgcdc_reader::status::{RouteStatus, SnapshotProgress};
 use pgrx::spi::Spi;
 use std::collections::BTreeMap;
 
@@ -93,26 +93,29 @@ pub fn routes(slot: Option<&str>) -> Result<Vec<RouteRow>, SqlError> {
     Ok(rows)
 }
 
-/// A ring of a stream, as its route names it (None while it is missing).
+/// A ring of a stream, as its route names it (None while it is missing),
+/// and the tables whose changes it carries.
 struct StreamRing {
     slot: String,
     route: String,
     path: String,
     ring: Option<Ring>,
+    tables: Vec<(String, String)>,
 }
 
 /// Every ring of every stream, once (a merged route has one ring for
 /// several tables).
 fn rings() -> Result<Vec<StreamRing>, SqlError> {
-    let mut seen = BTreeMap::new();
+    let mut seen: BTreeMap<String, (String, String, Vec<(String, String)>)> = BTreeMap::new();
     for route in routes(None)? {
-        seen.entry(route.ring_path.clone()).or_insert((route.slot, route.route));
+        let entry = seen.entry(route.ring_path.clone()).or_insert((route.slot, route.route, Vec::new()));
+        entry.2.push((route.schema, route.table));
     }
     Ok(seen
         .into_iter()
-        .map(|(path, (slot, route))| {
+        .map(|(path, (slot, route, tables))| {
             let ring = file::open(std::path::Path::new(&path)).ok();
-            StreamRing { slot, route, path, ring }
+            StreamRing { slot, route, path, ring, tables }
         })
         .collect())
 }
@@ -127,11 +130,27 @@ pub fn status() -> Result<Vec<RouteStatus>, SqlError> {
         )?;
         rows.map(|row| Ok((row.get(1)?.unwrap_or_default(), row.get(2)?))).collect::<Result<_, SqlError>>()
     })?;
+    // The latest snapshot of each table (they come newest first).
+    let mut latest: BTreeMap<(String, String, String), SnapshotProgress> = BTreeMap::new();
+    for s in super::snapshots::list(None)? {
+        latest.entry((s.slot, s.schema, s.table)).or_insert(SnapshotProgress {
+            state: s.state,
+            rows_done: s.rows_done,
+            rows_estimated: s.rows_estimated,
+            chunks_done: s.chunks_done,
+            rows_per_second: s.rows_per_second,
+            eta_seconds: s.eta_seconds,
+        });
+    }
     let now = now_ms();
     let mut out = Vec::new();
-    for StreamRing { slot, route, path: ring_path, ring } in rings()? {
+    for StreamRing { slot, route, path: ring_path, ring, tables } in rings()? {
         let ring = ring.map(|r| r.status());
+        let snapshot = SnapshotProgress::combine(
+            tables.into_iter().filter_map(|(schema, table)| latest.get(&(slot.clone(), schema, table)).cloned()),
+        );
         out.push(RouteStatus {
+            snapshot,
             worker_pid: worker_pids(&slot)?.first().copied(),
             ring_path,
             slot_lag_bytes: lags.get(&slot).copied().flatten(),

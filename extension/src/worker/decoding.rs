@@ -121,10 +121,11 @@ impl Session {
     }
 
     /// The LSN the slot must not confirm past while snapshot chunks are
-    /// being read (their windows must be decoded again after a crash).
-    pub fn snapshot_hold(&self) -> Option<u64> {
+    /// being read and sent (their windows must be decoded again after a
+    /// crash), once consumers acknowledged everything up to `acknowledged`.
+    pub fn snapshot_hold(&mut self, acknowledged: u64) -> Option<u64> {
         // SAFETY: the context lives until `drop`, between callbacks here.
-        unsafe { crate::plugin::snapshot_hold(self.ctx) }
+        unsafe { crate::plugin::snapshot_hold(self.ctx, acknowledged) }
     }
 
     /// Snapshot files delivered since the last call.

@@ -262,7 +262,7 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
         }
         if last_confirm.elapsed() >= CONFIRM_EVERY || read == 0 {
             let mut bound = session.sink().confirmable(session.decoded_upto(), session.has_pending());
-            if let Some(hold) = session.snapshot_hold() {
+            if let Some(hold) = session.snapshot_hold(bound) {
                 bound = bound.min(hold);
             }
             session.confirm(bound);

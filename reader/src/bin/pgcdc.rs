@@ -106,10 +106,20 @@ fn tail(conninfo: &str, config: Config, create: bool, limit: Option<usize>) -> R
 }
 
 fn print_batch(batch: &RecordBatch) -> Result<(), Box<dyn std::error::Error>> {
-    let committed =
-        batch.column_by_name(contract::COMMIT_TS).map(|c| c.as_primitive::<TimestampMicrosecondType>().value(0) / 1000);
-    let lag = committed.map_or(0, |c| now_ms() as i64 - c);
     let meta = batch.schema().metadata().clone();
+    if pgcdc_reader::snapshot::completes_snapshot(batch) {
+        println!(
+            "{}.{}: snapshot complete",
+            meta.get(contract::META_SCHEMA).map_or("?", String::as_str),
+            meta.get(contract::META_TABLE).map_or("?", String::as_str),
+        );
+        return Ok(());
+    }
+    let committed = batch
+        .column_by_name(contract::COMMIT_TS)
+        .filter(|c| !c.is_empty())
+        .map(|c| c.as_primitive::<TimestampMicrosecondType>().value(0) / 1000);
+    let lag = committed.map_or(0, |c| now_ms() as i64 - c);
     println!(
         "{}.{}: {} change(s), {} ms after commit",
         meta.get(contract::META_SCHEMA).map_or("?", String::as_str),
@@ -131,12 +141,12 @@ fn print_batch(batch: &RecordBatch) -> Result<(), Box<dyn std::error::Error>> {
 
 fn status(conninfo: &str) -> Result<(), Box<dyn std::error::Error>> {
     println!(
-        "{:<16} {:<32} {:>8} {:>12} {:>9} {:>12} {:>10}  consumers",
+        "{:<16} {:<32} {:>8} {:>12} {:>9} {:>12} {:>10}  consumers; snapshot",
         "slot", "route", "worker", "slot lag", "lag s", "ring fill", "changes/s"
     );
     for s in client::status(conninfo)? {
         println!(
-            "{:<16} {:<32} {:>8} {:>12} {:>9.3} {:>11.1}% {:>10}  {}",
+            "{:<16} {:<32} {:>8} {:>12} {:>9.3} {:>11.1}% {:>10}  {}{}",
             s.slot,
             s.route,
             s.worker_pid.map_or("-".into(), |p| p.to_string()),
@@ -144,7 +154,8 @@ fn status(conninfo: &str) -> Result<(), Box<dyn std::error::Error>> {
             s.lag_seconds,
             100.0 * s.ring_fill_bytes as f64 / (s.ring_capacity_bytes.max(1)) as f64,
             s.changes_per_second,
-            s.consumers.join(", ")
+            s.consumers.join(", "),
+            s.snapshot.map_or_else(String::new, |p| format!("; snapshot {}", p.describe()))
         );
     }
     Ok(())
