@@ -11,7 +11,8 @@ VENV=${PGCDC_VENV:-${CARGO_TARGET_DIR:-$(pwd)/target}/venv}
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-packages=(postgresql-server-dev-15 libclang-dev clang postgresql-15-wal2json postgresql-contrib python3-venv)
+# openssl: the Flight tests make a self-signed certificate.
+packages=(postgresql-server-dev-15 libclang-dev clang postgresql-15-wal2json postgresql-contrib python3-venv openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

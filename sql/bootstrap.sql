@@ -65,10 +65,6 @@ CREATE TABLE pgcdc.snapshots (
     key_columns    text[],
     key_types      text[],
     rows_estimated bigint,
-    -- The table had no row the request could see, and the request came
-    -- after the slot existed: every row it will ever have reaches the
-    -- stream as a change, so the snapshot is only its completion marker.
-    empty_when_asked boolean NOT NULL DEFAULT false,
     error          text,
     requested_at   timestamptz NOT NULL DEFAULT now(),
     started_at     timestamptz,

@@ -114,6 +114,15 @@ impl Cluster {
         format!("host={} port={PORT} user=postgres dbname={dbname}", self.root.display())
     }
 
+    /// Makes role `role` log in with its password (SCRAM) on the local
+    /// socket, where every other role is trusted.
+    pub fn require_password(&self, role: &str) {
+        let hba = self.data.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(&hba, format!("local all {role} scram-sha-256\n{rules}")).expect("write pg_hba.conf");
+        self.pg_ctl(&["reload"]);
+    }
+
     /// The data directory (`$PGDATA`).
     pub fn data_directory(&self) -> &Path {
         &self.data

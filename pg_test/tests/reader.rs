@@ -104,9 +104,14 @@ fn the_async_stream_yields_batches_and_acknowledges() {
     client
         .batch_execute("INSERT INTO t SELECT g, (ARRAY['eu','us','ap'])[1 + g % 3] FROM generate_series(1, 1000) g")
         .unwrap();
-    let batch = futures_executor::block_on(std::future::poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)))
-        .expect("a batch")
-        .unwrap();
+    let mut next = || {
+        futures_executor::block_on(std::future::poll_fn(|cx| Pin::new(&mut stream).poll_next(cx)))
+            .expect("a batch")
+            .unwrap()
+    };
+    // The empty table's snapshot completed as the stream was configured.
+    assert!(pgcdc_reader::snapshot::completes_snapshot(&next()), "first the completion marker");
+    let batch = next();
     assert_eq!(batch.num_rows(), 1000);
     assert_eq!(ints(&batch, "id")[999], Some(1000));
 

@@ -210,10 +210,14 @@ fn auto_configure_creates_everything_once_and_follows_pattern_changes() {
     };
     let wait = std::time::Duration::from_secs(30);
     let mut users = ChangeReader::open_waiting(&ring("users").unwrap(), "default", wait).unwrap();
+    // Each empty table's snapshot completed as the stream was configured.
+    let marker = users.next_batch(wait).unwrap().expect("the completion marker");
+    assert!(pgcdc_reader::snapshot::completes_snapshot(&marker));
     let batch = users.next_batch(wait).unwrap().unwrap_or_else(|| panic!("the users insert\n{}", cluster.log()));
     assert_eq!(batch.schema().metadata()[contract::META_TABLE], "users");
     assert_eq!(ints(&batch, "id"), [Some(1)]);
     let mut events = ChangeReader::open_waiting(&ring("events").unwrap(), "default", wait).unwrap();
+    assert!(pgcdc_reader::snapshot::completes_snapshot(&events.next_batch(wait).unwrap().expect("its marker")));
     let batch = events.next_batch(wait).unwrap().expect("the partition's insert");
     assert_eq!(batch.schema().metadata()[contract::META_TABLE], "events");
     assert_eq!(ints(&batch, "id"), [Some(7)]);

@@ -9,6 +9,8 @@ pub mod changes;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod contract;
+#[cfg(feature = "flight")]
+pub mod flight;
 pub mod merge;
 pub mod partition;
 pub mod pattern;

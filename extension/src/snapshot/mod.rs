@@ -24,7 +24,7 @@ mod plan;
 mod worker;
 
 pub use error::SnapshotError;
-pub use worker::start_workers;
+pub use worker::Team;
 
 use pgcdc_reader::ring::file;
 use pgcdc_reader::snapshot::{token_file_name, Marker, MESSAGE_PREFIX};
@@ -112,8 +112,8 @@ pub struct Requested {
 
 /// Asks for a snapshot of each table (`relid`, schema, name) of stream
 /// `slot`: a table with a snapshot pending or running keeps that one (it
-/// delivers the whole table anyway). The snapshot workers must be started
-/// once the transaction commits ([`start_workers`]).
+/// delivers the whole table anyway). The stream's worker starts its
+/// snapshot workers ([`Team`]) once the transaction has committed.
 ///
 /// A table without a key is recorded as failed at once, with a warning that
 /// says what to do.
@@ -148,14 +148,36 @@ pub fn request(slot: &str, tables: &[(u32, String, String)]) -> Result<Vec<Reque
              WHERE slot_name = $1 AND relid = $2::int8::oid AND state IN ('pending', 'running')",
             &[slot.into(), i64::from(*relid).into()],
         )?;
-        if let Some(id) = in_progress.and_then(|id| u64::try_from(id).ok()) {
-            record_stream_failure(slot, id)?;
+        let in_progress = match in_progress.and_then(|id| u64::try_from(id).ok()) {
+            Some(id) => !record_stream_failure(slot, id)?,
+            None => false,
+        };
+        if empty && !in_progress {
+            // Complete at once, in this transaction: the marker comes
+            // before every change committed after it.
+            let snapshot = Spi::get_one_with_args::<i64>(
+                "INSERT INTO pgcdc.snapshots (slot_name, relid, schema_name, table_name, state, rows_estimated,
+                                              started_at, finished_at)
+                 VALUES ($1, $2::int8::oid, $3, $4, 'done', 0, now(), now()) RETURNING snapshot_id",
+                &[slot.into(), i64::from(*relid).into(), schema.as_str().into(), table.as_str().into()],
+            )?;
+            let snapshot = u64::try_from(snapshot.unwrap_or(0)).unwrap_or(0);
+            emit(&Marker {
+                slot: slot.to_owned(),
+                kind: pgcdc_reader::snapshot::MarkerKind::Done,
+                snapshot,
+                token: token(slot, snapshot)?,
+                relid: *relid,
+                range: 0,
+                chunk: 0,
+            })?;
+            requested.push(Requested { snapshot, schema: schema.clone(), table: table.clone(), state: "done".into() });
+            continue;
         }
         Spi::run_with_args(
-            "INSERT INTO pgcdc.snapshots (slot_name, relid, schema_name, table_name, empty_when_asked)
-             VALUES ($1, $2::int8::oid, $3, $4, $5)
+            "INSERT INTO pgcdc.snapshots (slot_name, relid, schema_name, table_name) VALUES ($1, $2::int8::oid, $3, $4)
              ON CONFLICT (slot_name, relid) WHERE state IN ('pending', 'running') DO NOTHING",
-            &[slot.into(), i64::from(*relid).into(), schema.as_str().into(), table.as_str().into(), empty.into()],
+            &[slot.into(), i64::from(*relid).into(), schema.as_str().into(), table.as_str().into()],
         )?;
         let (snapshot, state) = Spi::get_two_with_args::<i64, String>(
             "SELECT snapshot_id, state FROM pgcdc.snapshots

@@ -19,7 +19,10 @@ use crate::gucs;
 use pgcdc_encode::ipc;
 use pgcdc_reader::ring::file;
 use pgcdc_reader::snapshot::{Marker, MarkerKind};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime, DynamicBackgroundWorker,
+    SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use std::path::Path;
 use std::time::Duration;
@@ -34,22 +37,69 @@ const AHEAD: usize = 4;
 /// Reads of one chunk that may die before the snapshot is failed.
 const ATTEMPTS: i32 = 3;
 
-/// Starts the snapshot workers of stream `slot` (those running already
-/// keep their number; the others exit at once).
-pub fn start_workers(database: &str, slot: &str) -> Result<(), String> {
-    for number in 0..gucs::snapshot_workers() {
-        BackgroundWorkerBuilder::new(&format!("pgcdc snapshot {slot} #{number}"))
-            .set_type("pgcdc snapshot")
-            .set_library("pgcdc")
-            .set_function("pgcdc_snapshot_worker_main")
-            .set_extra(&format!("{database}\n{slot}\n{number}"))
-            .enable_spi_access()
-            .set_start_time(BgWorkerStartTime::RecoveryFinished)
-            .set_restart_time(Some(Duration::from_secs(1)))
-            .load_dynamic()
-            .map_err(|_| "could not register a snapshot worker: raise max_worker_processes".to_owned())?;
+/// The snapshot workers of one stream, started and watched by the
+/// stream's worker alone: at most `pgcdc.snapshot_workers`, only while
+/// snapshots wait, each number once. (Started from every transaction that
+/// asked for a snapshot, and again by the stream worker, transient
+/// duplicates took the worker slots a stream worker needed: a stream
+/// configured meanwhile did not start.) After a crash they are not
+/// restarted by the postmaster: the stream worker, restarted, starts them.
+pub struct Team {
+    database: String,
+    slot: String,
+    members: Vec<(usize, DynamicBackgroundWorker)>,
+    warned: bool,
+}
+
+impl Team {
+    pub fn new(database: &str, slot: &str) -> Team {
+        Team { database: database.to_owned(), slot: slot.to_owned(), members: Vec::new(), warned: false }
     }
-    Ok(())
+
+    /// Forgets the workers that ended and, while snapshots of the stream
+    /// are pending or running, starts the missing ones.
+    pub fn keep(&mut self) {
+        self.members.retain(|(_, w)| !matches!(w.pid(), Err(BackgroundWorkerStatus::Stopped)));
+        let waiting = BackgroundWorker::transaction(|| {
+            super::first_or_none::<bool>(
+                "SELECT true FROM pgcdc.snapshots WHERE slot_name = $1 AND state IN ('pending', 'running') LIMIT 1",
+                &[self.slot.as_str().into()],
+            )
+        });
+        if !matches!(waiting, Ok(Some(true))) {
+            return;
+        }
+        for number in 0..gucs::snapshot_workers() {
+            if self.members.iter().any(|(n, _)| *n == number) {
+                continue;
+            }
+            let started = BackgroundWorkerBuilder::new(&format!("pgcdc snapshot {} #{number}", self.slot))
+                .set_type("pgcdc snapshot")
+                .set_library("pgcdc")
+                .set_function("pgcdc_snapshot_worker_main")
+                .set_extra(&format!("{}\n{}\n{number}", self.database, self.slot))
+                .enable_spi_access()
+                .set_start_time(BgWorkerStartTime::RecoveryFinished)
+                .set_restart_time(None)
+                .load_dynamic();
+            match started {
+                Ok(worker) => self.members.push((number, worker)),
+                Err(_) => {
+                    if !self.warned {
+                        pgrx::warning!(
+                            "pgcdc: stream \"{}\" runs {} of its {} snapshot workers: no free worker slot (raise max_worker_processes); it tries again every second",
+                            self.slot,
+                            self.members.len(),
+                            gucs::snapshot_workers()
+                        );
+                        self.warned = true;
+                    }
+                    return;
+                }
+            }
+        }
+        self.warned = false;
+    }
 }
 
 /// A range taken by this worker.
@@ -135,8 +185,7 @@ fn plan_pending(slot: &str, chunk_rows: usize) -> Result<(), SnapshotError> {
     loop {
         let pending = Spi::connect_mut(|client| {
             let rows = client.update(
-                "SELECT snapshot_id, relid::int8, empty_when_asked FROM pgcdc.snapshots
-                 WHERE slot_name = $1 AND state = 'pending'
+                "SELECT snapshot_id, relid::int8 FROM pgcdc.snapshots WHERE slot_name = $1 AND state = 'pending'
                  ORDER BY snapshot_id LIMIT 1 FOR UPDATE SKIP LOCKED",
                 None,
                 &[slot.into()],
@@ -145,18 +194,10 @@ fn plan_pending(slot: &str, chunk_rows: usize) -> Result<(), SnapshotError> {
                 return Ok::<_, pgrx::spi::Error>(None);
             }
             let row = rows.first();
-            Ok(Some((
-                row.get::<i64>(1)?.unwrap_or(0),
-                row.get::<i64>(2)?.unwrap_or(0),
-                row.get::<bool>(3)?.unwrap_or(false),
-            )))
+            Ok(Some((row.get::<i64>(1)?.unwrap_or(0), row.get::<i64>(2)?.unwrap_or(0))))
         })?;
-        let Some((snapshot, relid, empty)) = pending else { return Ok(()) };
+        let Some((snapshot, relid)) = pending else { return Ok(()) };
         let (snapshot, relid) = (u64::try_from(snapshot).unwrap_or(0), u32::try_from(relid).unwrap_or(0));
-        if empty {
-            complete_at_once(slot, snapshot, relid)?;
-            continue;
-        }
         match plan::plan(relid, chunk_rows, 4 * gucs::snapshot_workers()) {
             Ok(plan) => {
                 token(slot, snapshot)?;
@@ -400,27 +441,6 @@ fn finish(work: &Work) -> Result<(), SnapshotError> {
     Spi::run_with_args(
         "UPDATE pgcdc.snapshots SET state = 'done', finished_at = now() WHERE snapshot_id = $1",
         &[(work.snapshot as i64).into()],
-    )?;
-    Ok(())
-}
-
-/// Completes the snapshot of a table that was empty when it was asked
-/// for: nothing to read, only the marker that tells readers their copy is
-/// whole (every row since is in the stream before it).
-fn complete_at_once(slot: &str, snapshot: u64, relid: u32) -> Result<(), SnapshotError> {
-    emit(&Marker {
-        slot: slot.to_owned(),
-        kind: MarkerKind::Done,
-        snapshot,
-        token: token(slot, snapshot)?,
-        relid,
-        range: 0,
-        chunk: 0,
-    })?;
-    Spi::run_with_args(
-        "UPDATE pgcdc.snapshots SET state = 'done', started_at = now(), finished_at = now(), rows_estimated = 0
-         WHERE snapshot_id = $1",
-        &[(snapshot as i64).into()],
     )?;
     Ok(())
 }

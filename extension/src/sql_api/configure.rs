@@ -19,7 +19,6 @@ use super::consumers;
 use super::discover::{self, Identity, Table};
 use super::error::SqlError;
 use super::lookup;
-use super::snapshots;
 use crate::snapshot;
 use crate::worker;
 use pgcdc_reader::pattern::{nearest, TableFilter};
@@ -175,7 +174,6 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
             .collect();
         if !joining.is_empty() {
             snapshot::request(&request.slot, &joining)?;
-            snapshots::start_at_commit(&request.slot)?;
         }
     }
     if let Some(consumer) = &request.consumer {

@@ -9,7 +9,6 @@ use pgcdc_reader::pattern::{nearest, TableFilter};
 use pgcdc_reader::ring::file;
 use pgcdc_reader::snapshot::failed_file_name;
 use pgrx::spi::Spi;
-use pgrx::{register_xact_callback, PgXactCallbackEvent};
 
 /// Asks for a snapshot of the tables of stream `slot` that `patterns`
 /// select (every table of the stream when None); the snapshot workers
@@ -17,21 +16,9 @@ use pgrx::{register_xact_callback, PgXactCallbackEvent};
 pub fn request(slot: &str, patterns: Option<&[String]>) -> Result<Vec<Requested>, SqlError> {
     super::configure::require_catalog_access()?;
     let tables = stream_tables(slot, patterns)?;
-    let requested = snapshot::request(slot, &tables)?;
-    start_at_commit(slot)?;
-    Ok(requested)
-}
-
-/// Starts the stream's snapshot workers once the transaction commits (and
-/// if it does): they read what it asked for.
-pub fn start_at_commit(slot: &str) -> Result<(), SqlError> {
-    let (database, slot) = (discover::current_database()?, slot.to_owned());
-    register_xact_callback(PgXactCallbackEvent::Commit, move || {
-        if let Err(e) = snapshot::start_workers(&database, &slot) {
-            pgrx::warning!("pgcdc: the snapshot workers of stream \"{slot}\" did not start: {e}");
-        }
-    });
-    Ok(())
+    // The stream's worker starts its snapshot workers within a second of
+    // the commit.
+    Ok(snapshot::request(slot, &tables)?)
 }
 
 /// Cancels the pending and running snapshots of the tables `patterns`

@@ -59,8 +59,6 @@ struct Stream {
     publication: String,
     shape: Shape,
     consumers: Vec<pgcdc_reader::ring::Consumer>,
-    /// Whether a snapshot of one of its tables is pending or running.
-    snapshotting: bool,
 }
 
 /// What the rings of stream `slot` are made of: the size and group the
@@ -131,14 +129,7 @@ fn load_stream(slot: &str) -> Result<Option<Stream>, pgrx::spi::Error> {
                 Ok(pgcdc_reader::ring::Consumer { name, owner })
             })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()?;
-        let snapshotting = !client
-            .select(
-                "SELECT 1 FROM pgcdc.snapshots WHERE slot_name = $1 AND state IN ('pending', 'running')",
-                Some(1),
-                &[slot.into()],
-            )?
-            .is_empty();
-        Ok(Some(Stream { publication, shape, consumers, snapshotting }))
+        Ok(Some(Stream { publication, shape, consumers }))
     })
 }
 
@@ -231,12 +222,10 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
     // any transaction, as the decoding loop requires.
     let mut session = unsafe { Session::start(slot, &options, Box::new(sink)) };
     pgrx::log!("pgcdc worker: streaming slot \"{slot}\" of database \"{database}\" into {}", dir.display());
-    // After a restart of the server, snapshots in progress go on.
-    if stream.snapshotting {
-        if let Err(e) = crate::snapshot::start_workers(database, slot) {
-            pgrx::warning!("pgcdc worker: the snapshot workers of stream \"{slot}\" did not start: {e}");
-        }
-    }
+    // The stream's snapshot workers, while snapshots wait (also those a
+    // crash interrupted).
+    let mut team = crate::snapshot::Team::new(database, slot);
+    team.keep();
     // Snapshot files delivered, deleted once the slot's saved position
     // passes them.
     let mut delivered: VecDeque<crate::plugin::Delivered> = VecDeque::new();
@@ -271,6 +260,7 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
             // sooner while some could.
             let freeable = delivered.front().is_some_and(|d| d.after <= bound);
             if last_save.elapsed() >= SAVE_EVERY || freeable {
+                team.keep();
                 session.save();
                 last_save = Instant::now();
                 while delivered.front().is_some_and(|d| d.after <= session.saved()) {

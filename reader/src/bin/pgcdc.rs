@@ -3,7 +3,10 @@
 //! ```text
 //! pgcdc tail   --conninfo "host=… dbname=…" [--slot pgcdc] [--consumer default] [--limit N] [--create] PATTERN…
 //! pgcdc status --conninfo "host=… dbname=…"
+//! pgcdc serve  --conninfo "host=… dbname=…" [--listen 127.0.0.1:50051] [--tls-cert FILE --tls-key FILE]
 //! ```
+//! `serve` (feature `flight`) serves the routes over Arrow Flight
+//! ([`pgcdc_reader::flight`]).
 //! `tail` reads the routes of an existing stream whose tables the patterns
 //! select, merged in commit order, as consumer `--consumer`, and prints
 //! each batch as it arrives with its lag behind the commit, acknowledging
@@ -25,7 +28,7 @@ use std::time::Duration;
 
 fn usage() -> ! {
     eprintln!(
-        "usage:\n  pgcdc tail --conninfo CONNINFO [--slot NAME] [--consumer NAME] [--limit N] [--create] PATTERN...\n  pgcdc status --conninfo CONNINFO"
+        "usage:\n  pgcdc tail --conninfo CONNINFO [--slot NAME] [--consumer NAME] [--limit N] [--create] PATTERN...\n  pgcdc status --conninfo CONNINFO\n  pgcdc serve --conninfo CONNINFO [--listen ADDRESS:PORT] [--tls-cert FILE --tls-key FILE]"
     );
     std::process::exit(2)
 }
@@ -35,6 +38,7 @@ fn main() {
     let command = args.next().unwrap_or_else(|| usage());
     let (mut conninfo, mut slot, mut consumer, mut limit, mut create, mut patterns) =
         (None, "pgcdc".to_owned(), "default".to_owned(), None, false, Vec::new());
+    let (mut listen, mut tls_cert, mut tls_key) = ("127.0.0.1:50051".to_owned(), None, None);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--conninfo" => conninfo = args.next(),
@@ -42,6 +46,9 @@ fn main() {
             "--consumer" => consumer = args.next().unwrap_or_else(|| usage()),
             "--limit" => limit = Some(args.next().and_then(|n| n.parse::<usize>().ok()).unwrap_or_else(|| usage())),
             "--create" => create = true,
+            "--listen" => listen = args.next().unwrap_or_else(|| usage()),
+            "--tls-cert" => tls_cert = args.next(),
+            "--tls-key" => tls_key = args.next(),
             other if other.starts_with("--") => usage(),
             pattern => patterns.push(pattern.to_owned()),
         }
@@ -52,6 +59,7 @@ fn main() {
             tail(&conninfo, Config { slot, consumer, ..Config::new(&patterns) }, create, limit)
         }
         "status" => status(&conninfo),
+        "serve" => serve(conninfo, &listen, tls_cert, tls_key),
         _ => usage(),
     };
     if let Err(e) = result {
@@ -137,6 +145,28 @@ fn print_batch(batch: &RecordBatch) -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     println!("{}", pretty_format_batches(&[batch.project(&keep)?])?);
     Ok(())
+}
+
+#[cfg(feature = "flight")]
+fn serve(
+    conninfo: String,
+    listen: &str,
+    cert: Option<String>,
+    key: Option<String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let listen =
+        listen.parse().map_err(|e| format!("--listen {listen}: {e} (an address and port, like 127.0.0.1:50051)"))?;
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
+    pgcdc_reader::flight::serve(pgcdc_reader::flight::ServeConfig { conninfo, listen, tls })
+}
+
+#[cfg(not(feature = "flight"))]
+fn serve(_: String, _: &str, _: Option<String>, _: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
+    Err("this pgcdc was built without the flight feature (cargo build -p pgcdc-reader --features flight)".into())
 }
 
 fn status(conninfo: &str) -> Result<(), Box<dyn std::error::Error>> {

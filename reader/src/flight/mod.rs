@@ -1,0 +1,351 @@
+//! `pgcdc serve`: the routes of a database's streams over Arrow Flight, for
+//! readers on other machines (DESIGN §7). Any Flight client reads them:
+//! `pyarrow.flight`, Java, Go, C++.
+//!
+//! The protocol ([`protocol`] has its words):
+//! - `handshake` with Flight basic auth: the PostgreSQL user and password,
+//!   checked by connecting to the server as that user; the answer carries
+//!   a bearer token for the calls after it (kept in memory only: no
+//!   credential is in a ticket or a log line).
+//! - `list_flights`: one flight per route the user may read (SELECT on
+//!   every table of the route), with its schema and a ticket for consumer
+//!   `default`.
+//! - `do_get(ticket)`: the route's batches for the ticket's consumer, from
+//!   what it acknowledged, or past `after=` (the `position` of the last
+//!   batch the client keeps: with it, every change arrives exactly once,
+//!   as with a local reader's `resume_at`). Each batch's `app_metadata`
+//!   says its `position` and `commit_lsn`, and `snapshot=complete` on the
+//!   batch of no rows that completes a table's snapshot. A stream has one
+//!   schema: after a schema change it ends, and the next `do_get` starts
+//!   with the new schema.
+//! - `do_action("ack", …)`: acknowledges the rows of the client's
+//!   current `do_get` up to a batch's `position`.
+//!
+//! A client that goes away keeps its consumer's position (and holds the
+//! stream back, as `cdc_status()` shows); the server reads a ring only as
+//! fast as the client takes batches, and holds no more than a few.
+
+pub mod protocol;
+
+use crate::changes::{ChangeReader, ReadError};
+use crate::position::Position;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
+    HandshakeResponse, PollInfo, PutResult, SchemaAsIpc, SchemaResult, Ticket as FlightTicket,
+};
+use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions};
+use arrow_schema::Schema;
+use futures::stream::{self, BoxStream, StreamExt};
+use protocol::{batch_metadata, fingerprint, wire_batch, wire_schema, Ack, Ticket};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+/// How `pgcdc serve` runs.
+pub struct ServeConfig {
+    /// Where the database is (host and dbname; each client's user and
+    /// password are its own).
+    pub conninfo: String,
+    /// Loopback by default: exposing the rings is a decision.
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key: TLS, and no plain client.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Serves until the process ends.
+pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let database: tokio_postgres::Config = config.conninfo.parse()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let service = FlightServiceServer::new(Service {
+            database,
+            sessions: Mutex::new(HashMap::new()),
+            readers: Arc::new(Mutex::new(HashMap::new())),
+        });
+        let mut server = Server::builder();
+        if let Some((cert, key)) = &config.tls {
+            let identity = Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
+            server = server.tls_config(ServerTlsConfig::new().identity(identity))?;
+        }
+        eprintln!("pgcdc serve: listening on {}{}", config.listen, if config.tls.is_some() { " (TLS)" } else { "" });
+        server.add_service(service).serve(config.listen).await?;
+        Ok(())
+    })
+}
+
+/// A client that authenticated: its PostgreSQL connection, as itself.
+struct Session {
+    user: String,
+    client: tokio_postgres::Client,
+}
+
+/// Which reader a `do_get` of (slot, route, consumer) reads with, for its
+/// acknowledgements.
+type ReaderKey = (String, String, String);
+
+struct Service {
+    database: tokio_postgres::Config,
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
+    readers: Arc<Mutex<HashMap<ReaderKey, Arc<Mutex<ChangeReader>>>>>,
+}
+
+/// Batches a `do_get` holds for a client that has not taken them yet.
+const IN_FLIGHT: usize = 4;
+
+impl Service {
+    /// The session of a call's bearer token.
+    fn session(&self, metadata: &MetadataMap) -> Result<Arc<Session>, Status> {
+        let header = metadata.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            Status::unauthenticated(
+                "authenticate first: a handshake with the PostgreSQL user and password (Flight basic auth)",
+            )
+        })?;
+        let sessions = self.sessions.lock().expect("sessions lock");
+        sessions
+            .get(token)
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("unknown or expired token: authenticate again"))
+    }
+
+    /// The routes `session`'s user may read: (slot, route, ring file), of
+    /// tables it may SELECT, every table of a route.
+    async fn routes(&self, session: &Session) -> Result<Vec<(String, String, PathBuf)>, Status> {
+        let rows = session
+            .client
+            .query(
+                "SELECT DISTINCT c.slot_name::text, c.route, c.ring_path FROM cdc_routes() c
+                 WHERE NOT EXISTS (SELECT 1 FROM pgcdc.routes r
+                                   WHERE r.slot_name = c.slot_name AND r.route = c.route
+                                     AND NOT has_table_privilege(r.relid, 'SELECT'))
+                 ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .map_err(|e| Status::internal(format!("reading the routes: {e}")))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), PathBuf::from(r.get::<_, String>(2)))).collect())
+    }
+
+    /// The ring of route `route` of stream `slot`, if the session may read it.
+    async fn ring_of(&self, session: &Session, slot: &str, route: &str) -> Result<PathBuf, Status> {
+        let routes = self.routes(session).await?;
+        routes.into_iter().find(|(s, r, _)| s == slot && r == route).map(|(_, _, p)| p).ok_or_else(|| {
+            Status::not_found(format!(
+                "stream \"{slot}\" has no route \"{route}\" that user \"{}\" may read (SELECT on its tables); list_flights shows those it may",
+                session.user
+            ))
+        })
+    }
+}
+
+/// User and password of a basic `authorization` header.
+fn basic_credentials(metadata: &MetadataMap) -> Result<(String, String), Status> {
+    use base64::Engine;
+    let missing = || Status::unauthenticated("a handshake needs Flight basic auth: the PostgreSQL user and password");
+    let header = metadata.get("authorization").and_then(|v| v.to_str().ok()).ok_or_else(missing)?;
+    let encoded = header.strip_prefix("Basic ").ok_or_else(missing)?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|_| missing())?;
+    let text = String::from_utf8(decoded).map_err(|_| missing())?;
+    let (user, password) = text.split_once(':').ok_or_else(missing)?;
+    Ok((user.to_owned(), password.to_owned()))
+}
+
+/// 128 random bits as hex: a session's token.
+fn new_token() -> Result<String, Status> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Status::internal(format!("no random token: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A reader error as the client sees it.
+fn read_status(e: ReadError) -> Status {
+    Status::failed_precondition(e.to_string())
+}
+
+#[tonic::async_trait]
+impl FlightService for Service {
+    type HandshakeStream = BoxStream<'static, Result<HandshakeResponse, Status>>;
+    type ListFlightsStream = BoxStream<'static, Result<FlightInfo, Status>>;
+    type DoGetStream = BoxStream<'static, Result<FlightData, Status>>;
+    type DoPutStream = BoxStream<'static, Result<PutResult, Status>>;
+    type DoActionStream = BoxStream<'static, Result<arrow_flight::Result, Status>>;
+    type ListActionsStream = BoxStream<'static, Result<ActionType, Status>>;
+    type DoExchangeStream = BoxStream<'static, Result<FlightData, Status>>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        let (user, password) = basic_credentials(request.metadata())?;
+        let mut config = self.database.clone();
+        config.user(&user).password(&password).application_name("pgcdc serve");
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| {
+            let why = e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
+            Status::unauthenticated(format!("PostgreSQL refused user \"{user}\": {why}"))
+        })?;
+        tokio::spawn(connection);
+        let token = new_token()?;
+        self.sessions.lock().expect("sessions lock").insert(token.clone(), Arc::new(Session { user, client }));
+        let answer = HandshakeResponse { protocol_version: 0, payload: token.clone().into() };
+        let mut response = Response::new(stream::iter([Ok(answer)]).boxed());
+        let bearer = format!("Bearer {token}").parse().map_err(|_| Status::internal("a token that is no header"))?;
+        response.metadata_mut().insert("authorization", bearer);
+        Ok(response)
+    }
+
+    async fn list_flights(&self, request: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        let session = self.session(request.metadata())?;
+        let mut flights = Vec::new();
+        for (slot, route, path) in self.routes(&session).await? {
+            // The route's latest schema, as readers that attach early see it.
+            let schema = crate::ring::file::open(&path)
+                .ok()
+                .and_then(|ring| ring.schema())
+                .and_then(|bytes| arrow_ipc::reader::StreamReader::try_new(&bytes[..], None).ok().map(|r| r.schema()))
+                .map_or_else(|| Arc::new(Schema::empty()), |s| wire_schema(&s));
+            let ticket = Ticket { slot: slot.clone(), route: route.clone(), consumer: "default".into(), after: None };
+            let info = FlightInfo::new()
+                .try_with_schema(&schema)
+                .map_err(|e| Status::internal(e.to_string()))?
+                .with_descriptor(FlightDescriptor::new_path(vec![slot, route]))
+                .with_endpoint(FlightEndpoint::new().with_ticket(FlightTicket::new(ticket.encode())));
+            flights.push(Ok(info));
+        }
+        Ok(Response::new(stream::iter(flights).boxed()))
+    }
+
+    async fn do_get(&self, request: Request<FlightTicket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let session = self.session(request.metadata())?;
+        let ticket = Ticket::decode(&request.into_inner().ticket).map_err(Status::invalid_argument)?;
+        let path = self.ring_of(&session, &ticket.slot, &ticket.route).await?;
+        let consumer = ticket.consumer.clone();
+        let reader = tokio::task::spawn_blocking(move || ChangeReader::open(&path, &consumer))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(read_status)?;
+        let reader = match ticket.after {
+            Some(position) => reader.resume_at(position),
+            None => reader,
+        };
+        let reader = Arc::new(Mutex::new(reader));
+        let key = (ticket.slot, ticket.route, ticket.consumer);
+        self.readers.lock().expect("readers lock").insert(key.clone(), reader.clone());
+        let (sender, receiver) = tokio::sync::mpsc::channel(IN_FLIGHT);
+        let readers = self.readers.clone();
+        std::thread::spawn(move || {
+            pump(&reader, &sender);
+            // Acknowledgements go to the next do_get's reader, if any.
+            let mut readers = readers.lock().expect("readers lock");
+            if readers.get(&key).is_some_and(|r| Arc::ptr_eq(r, &reader)) {
+                readers.remove(&key);
+            }
+        });
+        let batches = stream::unfold(receiver, |mut r| async move { r.recv().await.map(|item| (item, r)) });
+        Ok(Response::new(batches.boxed()))
+    }
+
+    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        let session = self.session(request.metadata())?;
+        let action = request.into_inner();
+        if action.r#type != "ack" {
+            return Err(Status::unimplemented(format!("no action \"{}\": the one action is \"ack\"", action.r#type)));
+        }
+        let ack = Ack::decode(&action.body).map_err(Status::invalid_argument)?;
+        self.ring_of(&session, &ack.slot, &ack.route).await?;
+        let key = (ack.slot.clone(), ack.route.clone(), ack.consumer.clone());
+        let reader = self.readers.lock().expect("readers lock").get(&key).cloned().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "no do_get of route \"{}\" as consumer \"{}\" is open: acknowledge while reading (what was not acknowledged comes again)",
+                ack.route, ack.consumer
+            ))
+        })?;
+        reader.lock().expect("reader lock").ack_within(ack.position.commit_lsn, ack.position);
+        Ok(Response::new(stream::empty().boxed()))
+    }
+
+    async fn list_actions(&self, _request: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        let ack = ActionType {
+            r#type: "ack".into(),
+            description: "slot=…, route=…, consumer=…, position=… (a batch's): acknowledges the do_get's rows up to it"
+                .into(),
+        };
+        Ok(Response::new(stream::iter([Ok(ack)]).boxed()))
+    }
+
+    async fn get_flight_info(&self, _request: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        Err(Status::unimplemented("list_flights shows every route"))
+    }
+
+    async fn poll_flight_info(&self, _request: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented("list_flights shows every route"))
+    }
+
+    async fn get_schema(&self, _request: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented("list_flights shows every route with its schema"))
+    }
+
+    async fn do_put(&self, _request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented("pgcdc serve is read-only"))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("acknowledge with do_action(\"ack\")"))
+    }
+}
+
+/// Reads the ring into the client's stream as fast as it takes batches:
+/// the schema, then each batch with its metadata; ends before a batch of
+/// another schema, when the client is gone, or on an error it reports.
+fn pump(reader: &Mutex<ChangeReader>, sender: &tokio::sync::mpsc::Sender<Result<FlightData, Status>>) {
+    let options = IpcWriteOptions::default();
+    let mut stream_schema: Option<Option<String>> = None;
+    loop {
+        if sender.is_closed() {
+            return;
+        }
+        let next = reader.lock().expect("reader lock").next_batch(Duration::from_millis(200));
+        let batch = match next {
+            Ok(Some(batch)) => batch,
+            Ok(None) => continue,
+            Err(e) => {
+                let _ = sender.blocking_send(Err(read_status(e)));
+                return;
+            }
+        };
+        let position: Position = reader.lock().expect("reader lock").position();
+        match &stream_schema {
+            None => {
+                let schema = wire_schema(batch.schema_ref());
+                if sender.blocking_send(Ok(SchemaAsIpc::new(&schema, &options).into())).is_err() {
+                    return;
+                }
+                stream_schema = Some(fingerprint(&batch));
+            }
+            // The next do_get starts with this batch, under its schema.
+            Some(known) if *known != fingerprint(&batch) => return,
+            Some(_) => {}
+        }
+        let data = wire_batch(&batch).and_then(|wire| {
+            let mut tracker = DictionaryTracker::new(false);
+            let mut context = IpcWriteContext::default();
+            let (_, encoded) = IpcDataGenerator::default().encode(&wire, &mut tracker, &options, &mut context)?;
+            Ok(FlightData::from(encoded).with_app_metadata(batch_metadata(&batch, position)))
+        });
+        let data = data.map_err(|e| Status::internal(format!("encoding a batch: {e}")));
+        if sender.blocking_send(data).is_err() {
+            return;
+        }
+    }
+}
