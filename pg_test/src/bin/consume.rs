@@ -32,7 +32,15 @@ fn main() {
             kept = offset;
         }
     }
-    std::fs::write(output, &recorded.as_bytes()[..kept]).expect("cut the output back");
+    // Cut in place: rewriting the file would show a reader of it (the
+    // test's sampler) a file shorter than what was recorded meanwhile.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(output)
+        .and_then(|f| f.set_len(kept as u64))
+        .expect("cut the output back");
     let consumer = std::env::var("PGCDC_CONSUMER").unwrap_or_else(|_| "default".into());
     let mut readers: Vec<ChangeReader> = rings
         .iter()
