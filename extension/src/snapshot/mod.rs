@@ -27,7 +27,7 @@ pub use error::SnapshotError;
 pub use worker::Team;
 
 use pgcdc_reader::ring::file;
-use pgcdc_reader::snapshot::{token_file_name, Marker, MESSAGE_PREFIX};
+use pgcdc_reader::snapshot::{token_file_name, Marker, MarkerKind, MESSAGE_PREFIX};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys;
 use pgrx::spi::Spi;
@@ -143,12 +143,7 @@ pub fn request(slot: &str, tables: &[(u32, String, String)]) -> Result<Vec<Reque
             });
             continue;
         }
-        let in_progress = first_or_none::<i64>(
-            "SELECT snapshot_id FROM pgcdc.snapshots
-             WHERE slot_name = $1 AND relid = $2::int8::oid AND state IN ('pending', 'running')",
-            &[slot.into(), i64::from(*relid).into()],
-        )?;
-        let in_progress = match in_progress.and_then(|id| u64::try_from(id).ok()) {
+        let in_progress = match in_progress(slot, *relid)? {
             Some(id) => !record_stream_failure(slot, id)?,
             None => false,
         };
@@ -162,15 +157,7 @@ pub fn request(slot: &str, tables: &[(u32, String, String)]) -> Result<Vec<Reque
                 &[slot.into(), i64::from(*relid).into(), schema.as_str().into(), table.as_str().into()],
             )?;
             let snapshot = u64::try_from(snapshot.unwrap_or(0)).unwrap_or(0);
-            emit(&Marker {
-                slot: slot.to_owned(),
-                kind: pgcdc_reader::snapshot::MarkerKind::Done,
-                snapshot,
-                token: token(slot, snapshot)?,
-                relid: *relid,
-                range: 0,
-                chunk: 0,
-            })?;
+            emit_end(slot, snapshot, token(slot, snapshot)?, *relid, MarkerKind::Done)?;
             requested.push(Requested { snapshot, schema: schema.clone(), table: table.clone(), state: "done".into() });
             continue;
         }
@@ -231,14 +218,23 @@ pub fn stop(slot: &str, snapshot: u64, state: &str, error: Option<&str>) -> Resu
         &[(snapshot as i64).into(), state.into(), error.into()],
     )?;
     let Some(relid) = relid else { return Ok(false) };
-    emit(&Marker {
-        slot: slot.to_owned(),
-        kind: pgcdc_reader::snapshot::MarkerKind::Cancel,
-        snapshot,
-        token: token(slot, snapshot)?,
-        relid: u32::try_from(relid).unwrap_or(0),
-        range: 0,
-        chunk: 0,
-    })?;
+    emit_end(slot, snapshot, token(slot, snapshot)?, u32::try_from(relid).unwrap_or(0), MarkerKind::Cancel)?;
     Ok(true)
+}
+
+/// The snapshot of table `relid` that stream `slot` has pending or
+/// running, if any (one at most).
+pub fn in_progress(slot: &str, relid: u32) -> Result<Option<u64>, pgrx::spi::Error> {
+    let id = first_or_none::<i64>(
+        "SELECT snapshot_id FROM pgcdc.snapshots
+         WHERE slot_name = $1 AND relid = $2::int8::oid AND state IN ('pending', 'running')",
+        &[slot.into(), i64::from(relid).into()],
+    )?;
+    Ok(id.and_then(|id| u64::try_from(id).ok()))
+}
+
+/// The watermark that ends snapshot `snapshot` of table `relid` (done or
+/// cancelled), in the current transaction.
+fn emit_end(slot: &str, snapshot: u64, token: u64, relid: u32, kind: MarkerKind) -> Result<(), pgrx::spi::Error> {
+    emit(&Marker { slot: slot.to_owned(), kind, snapshot, token, relid, range: 0, chunk: 0 })
 }

@@ -14,7 +14,7 @@
 use super::chunk::{self, Key};
 use super::error::SnapshotError;
 use super::plan;
-use super::{create_dir, durable, emit, snapshot_dir, token};
+use super::{create_dir, durable, emit, emit_end, snapshot_dir, token};
 use crate::gucs;
 use pgcdc_encode::ipc;
 use pgcdc_reader::ring::file;
@@ -429,15 +429,7 @@ fn finish(work: &Work) -> Result<(), SnapshotError> {
     if left != Some(0) {
         return Ok(());
     }
-    emit(&Marker {
-        slot: work.slot.clone(),
-        kind: MarkerKind::Done,
-        snapshot: work.snapshot,
-        token: work.token,
-        relid: work.relid,
-        range: 0,
-        chunk: 0,
-    })?;
+    emit_end(&work.slot, work.snapshot, work.token, work.relid, MarkerKind::Done)?;
     Spi::run_with_args(
         "UPDATE pgcdc.snapshots SET state = 'done', finished_at = now() WHERE snapshot_id = $1",
         &[(work.snapshot as i64).into()],

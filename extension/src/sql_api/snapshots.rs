@@ -11,13 +11,11 @@ use pgcdc_reader::snapshot::failed_file_name;
 use pgrx::spi::Spi;
 
 /// Asks for a snapshot of the tables of stream `slot` that `patterns`
-/// select (every table of the stream when None); the snapshot workers
-/// start when the transaction commits.
+/// select (every table of the stream when None); the stream's worker
+/// starts its snapshot workers within a second of the commit.
 pub fn request(slot: &str, patterns: Option<&[String]>) -> Result<Vec<Requested>, SqlError> {
     super::configure::require_catalog_access()?;
     let tables = stream_tables(slot, patterns)?;
-    // The stream's worker starts its snapshot workers within a second of
-    // the commit.
     Ok(snapshot::request(slot, &tables)?)
 }
 
@@ -28,12 +26,7 @@ pub fn cancel(slot: &str, patterns: Option<&[String]>) -> Result<Vec<Requested>,
     let tables = stream_tables(slot, patterns)?;
     let mut cancelled = Vec::new();
     for (relid, schema, table) in tables {
-        let running = snapshot::first_or_none::<i64>(
-            "SELECT snapshot_id FROM pgcdc.snapshots
-             WHERE slot_name = $1 AND relid = $2::int8::oid AND state IN ('pending', 'running')",
-            &[slot.into(), i64::from(relid).into()],
-        )?;
-        let Some(id) = running.and_then(|id| u64::try_from(id).ok()) else { continue };
+        let Some(id) = snapshot::in_progress(slot, relid)? else { continue };
         if snapshot::stop(slot, id, "cancelled", None)? {
             cancelled.push(Requested { snapshot: id, schema, table, state: "cancelled".into() });
         }

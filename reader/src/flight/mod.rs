@@ -28,7 +28,6 @@
 pub mod protocol;
 
 use crate::changes::{ChangeReader, ReadError};
-use crate::position::Position;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
@@ -315,7 +314,10 @@ fn pump(reader: &Mutex<ChangeReader>, sender: &tokio::sync::mpsc::Sender<Result<
         if sender.is_closed() {
             return;
         }
-        let next = reader.lock().expect("reader lock").next_batch(Duration::from_millis(200));
+        let (next, position) = {
+            let mut reader = reader.lock().expect("reader lock");
+            (reader.next_batch(Duration::from_millis(200)), reader.position())
+        };
         let batch = match next {
             Ok(Some(batch)) => batch,
             Ok(None) => continue,
@@ -324,7 +326,6 @@ fn pump(reader: &Mutex<ChangeReader>, sender: &tokio::sync::mpsc::Sender<Result<
                 return;
             }
         };
-        let position: Position = reader.lock().expect("reader lock").position();
         match &stream_schema {
             None => {
                 let schema = wire_schema(batch.schema_ref());
