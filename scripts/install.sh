@@ -14,3 +14,10 @@ libdir=$("${PG_CONFIG}" --pkglibdir)
 link=(ln -sfn pgcdc.so "${libdir}/wal2arrow.so")
 if [ -w "${libdir}" ]; then "${link[@]}"; else sudo "${link[@]}"; fi
 echo "install: pgcdc and the wal2arrow alias are in ${libdir}"
+
+# The Python package, into the test virtualenv, by the README's command
+# (maturin builds it; cargo's target directory caches the build).
+if [ -n "${PGCDC_VENV:-}" ]; then
+    (cd "$(dirname "$0")/.." && "${PGCDC_VENV}/bin/pip" install --quiet --disable-pip-version-check ./python)
+    echo "install: the pgcdc Python package is in ${PGCDC_VENV}"
+fi

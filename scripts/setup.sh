@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing pgcdc needs on Debian 12, idempotently:
 # PostgreSQL 15 server headers, clang (for pgrx's bindgen), wal2json (a
-# benchmark peer), the pinned cargo-pgrx, and pyarrow in a virtualenv (the
-# interoperability test reads wal2arrow output with it).
+# benchmark peer), the pinned cargo-pgrx, and pyarrow and pytest in a
+# virtualenv (the interoperability, Flight and Python package tests).
 set -euo pipefail
 
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
@@ -33,8 +33,8 @@ if ! grep -qs "^pg15 = \"${PG_CONFIG}\"" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"
     cargo pgrx init --pg15="${PG_CONFIG}" >/dev/null
 fi
 
-if ! "${VENV}/bin/python" -c 'import pyarrow' 2>/dev/null; then
-    echo "setup: installing pyarrow into ${VENV}"
-    python3 -m venv "${VENV}"
-    "${VENV}/bin/pip" install --quiet --disable-pip-version-check pyarrow
+if ! "${VENV}/bin/python" -c 'import pyarrow, pytest' 2>/dev/null; then
+    echo "setup: installing pyarrow and pytest into ${VENV}"
+    [ -x "${VENV}/bin/python" ] || python3 -m venv "${VENV}"
+    "${VENV}/bin/pip" install --quiet --disable-pip-version-check pyarrow pytest
 fi

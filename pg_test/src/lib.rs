@@ -14,7 +14,7 @@ pub mod e2e;
 pub mod replica;
 pub mod values;
 
-pub use cluster::{bindir, has_output_plugin_libraries, Cluster, Settings};
+pub use cluster::{bindir, has_output_plugin_libraries, Cluster, Settings, PORT};
 pub use decode::{
     decode_batches, decode_messages, for_each_stream, parse_lsn, read_stream, read_streams_with_separator, Message,
 };

@@ -227,9 +227,16 @@ fn every_committed_change_arrives_exactly_once_through_repeated_crashes() {
         b.len()
     );
     let deadline = Instant::now() + Duration::from_secs(300);
-    for (_, consumer) in &consumers {
+    for (slot, consumer) in &consumers {
         while recorded(&consumer.output).len() < a.len() + b.len() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(200));
+        }
+        if recorded(&consumer.output).len() < a.len() + b.len() {
+            // What the rings said when the consumer stopped short.
+            for ring in &consumer.rings {
+                let status = pgcdc_reader::ring::file::open(ring).map(|r| r.status());
+                eprintln!("crash test: {slot} stalled; {}: {status:?}", ring.display());
+            }
         }
     }
     running.store(false, Ordering::Relaxed);

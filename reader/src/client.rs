@@ -45,6 +45,9 @@ pub struct Config {
     pub consumer: String,
     /// How long to wait for the worker to create a ring.
     pub ring_timeout: Duration,
+    /// Whether each table's existing rows come first (`initial`) or not
+    /// (`never`): `cdc_auto_configure`'s `snapshot`.
+    pub snapshot: String,
 }
 
 impl Config {
@@ -57,6 +60,7 @@ impl Config {
             partitions: 1,
             consumer: "default".into(),
             ring_timeout: Duration::from_secs(30),
+            snapshot: "initial".into(),
         }
     }
 }
@@ -88,7 +92,7 @@ pub fn configure(conninfo: &str, config: &Config) -> Result<Vec<Route>, ClientEr
     let rows = client.query(
         "SELECT schema_name, table_name, route, ring_path
          FROM cdc_auto_configure($1::text[], exclude => $2::text[], slot_name => $3, route_by_table => $4,
-                                 partitions => $5, consumer => $6)",
+                                 partitions => $5, consumer => $6, snapshot => $7)",
         &[
             &config.patterns,
             &config.exclude,
@@ -96,6 +100,7 @@ pub fn configure(conninfo: &str, config: &Config) -> Result<Vec<Route>, ClientEr
             &config.route_by_table,
             &config.partitions,
             &config.consumer,
+            &config.snapshot,
         ],
     )?;
     Ok(rows.iter().map(Route::from_row).collect())
@@ -166,6 +171,62 @@ pub fn drop_consumer(conninfo: &str, slot: &str, name: &str) -> Result<(), Clien
     let mut client = Client::connect(conninfo, NoTls)?;
     client.execute("SELECT cdc_drop_consumer($1, $2)", &[&slot, &name])?;
     Ok(())
+}
+
+/// A table as `cdc_discover_tables` and `cdc_match_tables` name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub schema: String,
+    pub name: String,
+}
+
+/// Every user table of the database (`cdc_discover_tables`).
+pub fn discover_tables(conninfo: &str) -> Result<Vec<Table>, ClientError> {
+    let mut client = Client::connect(conninfo, NoTls)?;
+    let rows = client.query("SELECT schema_name, table_name FROM cdc_discover_tables()", &[])?;
+    Ok(rows.iter().map(|r| Table { schema: r.get(0), name: r.get(1) }).collect())
+}
+
+/// The tables `patterns` select, minus `exclude` (`cdc_match_tables`).
+pub fn match_tables<S: AsRef<str>>(conninfo: &str, patterns: &[S], exclude: &[S]) -> Result<Vec<Table>, ClientError> {
+    let mut client = Client::connect(conninfo, NoTls)?;
+    let [patterns, exclude]: [Vec<&str>; 2] = [patterns, exclude].map(|p| p.iter().map(AsRef::as_ref).collect());
+    let rows = client.query(
+        "SELECT schema_name, table_name FROM cdc_match_tables($1::text[], exclude => $2::text[])",
+        &[&patterns, &exclude],
+    )?;
+    Ok(rows.iter().map(|r| Table { schema: r.get(0), name: r.get(1) }).collect())
+}
+
+/// A column as `cdc_table_columns` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub pg_type: String,
+    pub nullable: bool,
+    /// The Arrow type its change batch column has.
+    pub arrow_type: String,
+    /// Whether it identifies rows in the WAL (part of the replica identity).
+    pub replica_identity: bool,
+}
+
+/// The columns of `schema.table` (`cdc_table_columns`).
+pub fn table_columns(conninfo: &str, schema: &str, table: &str) -> Result<Vec<Column>, ClientError> {
+    let mut client = Client::connect(conninfo, NoTls)?;
+    let rows = client.query(
+        "SELECT column_name, pg_type, nullable, arrow_type, replica_identity FROM cdc_table_columns($1, $2)",
+        &[&schema, &table],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| Column {
+            name: r.get(0),
+            pg_type: r.get(1),
+            nullable: r.get(2),
+            arrow_type: r.get(3),
+            replica_identity: r.get(4),
+        })
+        .collect())
 }
 
 /// Reads `cdc_status()`.

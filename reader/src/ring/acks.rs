@@ -249,6 +249,16 @@ impl Writable {
         self.last.set((version, state));
     }
 
+    /// Gives the consumer up (pid 0) if this process holds it, on top of
+    /// the latest state any reader of it wrote.
+    pub fn release(&self, incarnation: u64) {
+        let Some((version, state)) = decode(&self.region.read(0, STATE_BYTES), incarnation) else { return };
+        if state.pid == std::process::id() {
+            self.last.set((version, state));
+            self.set(State { pid: 0, ..state });
+        }
+    }
+
     fn init(&self, incarnation: u64, start: State) {
         let r = &self.region;
         r.u32_at(OFF_MAGIC).store(0, Ordering::Release);

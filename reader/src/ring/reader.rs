@@ -6,8 +6,9 @@ use super::memory::wait;
 use super::writer::parse_header;
 use super::{now_ms, process_alive, FrameMeta, Ring, RingError};
 use crate::position::Position;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// One frame of record batches.
@@ -35,7 +36,15 @@ pub struct RingReader {
     unacked: VecDeque<(u64, Position)>,
     /// The last row acknowledged, as the slot records it.
     acked: Position,
+    /// The ring incarnation and consumer name this reader claims.
+    claim: (u64, String),
 }
+
+/// How many readers of this process claim each (ring incarnation,
+/// consumer): the last one dropped gives the claim up, so another process
+/// may read as that consumer while this one lives on (a notebook that
+/// dropped its reader, a test harness that configured the stream).
+static CLAIMS: Mutex<BTreeMap<(u64, String), usize>> = Mutex::new(BTreeMap::new());
 
 impl RingReader {
     /// Attaches as the registered consumer `name`, resuming after the last
@@ -52,7 +61,9 @@ impl RingReader {
         current.heartbeat_ms = now_ms();
         current.read_pos = current.ack_pos;
         state.set(current);
-        Ok(RingReader { ring, state, read_pos: current.ack_pos, unacked: VecDeque::new(), acked: current.acked })
+        let claim = (ring.incarnation(), name.to_owned());
+        *CLAIMS.lock().expect("claims lock").entry(claim.clone()).or_default() += 1;
+        Ok(RingReader { ring, state, read_pos: current.ack_pos, unacked: VecDeque::new(), acked: current.acked, claim })
     }
 
     pub fn ring(&self) -> &Ring {
@@ -215,5 +226,18 @@ impl RingReader {
         let mut state = self.state.get();
         state.ack_pos = pos;
         self.state.set(state);
+    }
+}
+
+impl Drop for RingReader {
+    fn drop(&mut self) {
+        let mut claims = CLAIMS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Some(count) = claims.get_mut(&self.claim) else { return };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        claims.remove(&self.claim);
+        self.state.release(self.claim.0);
     }
 }

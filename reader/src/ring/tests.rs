@@ -509,3 +509,22 @@ fn private_files_are_whole_and_only_the_writers() {
     std::os::unix::fs::symlink(&path, &link).unwrap();
     assert!(file::read_private(&link).is_err(), "a symbolic link is not followed");
 }
+
+#[test]
+fn the_last_reader_dropped_gives_its_consumer_up_to_other_processes() {
+    let (writer, ring) = ring(1024, &["default"]);
+    let holder = || ring.status().consumers[0].pid;
+    let first = RingReader::attach(writer.ring().clone(), "default").unwrap();
+    let second = RingReader::attach(ring.clone(), "default").unwrap();
+    assert_eq!(holder(), std::process::id());
+    drop(first);
+    assert_eq!(holder(), std::process::id(), "another reader of this process still holds it");
+    drop(second);
+    assert_eq!(holder(), 0, "free for another process");
+    // Another process now holding it keeps it when an old claim here ends.
+    let third = RingReader::attach(ring.clone(), "default").unwrap();
+    let state = ring.acks.open("default", ring.incarnation(), acks::State::default(), None).unwrap();
+    state.set(acks::State { pid: 1, ..state.get() });
+    drop(third);
+    assert_eq!(holder(), 1);
+}
