@@ -23,6 +23,7 @@ demo: install
 	cargo run --quiet --locked -p pg_test --bin demo
 
 bench: install
+	cargo build --quiet --locked --release -p pgcdc-reader --features flight --bin pgcdc
 	cargo run --quiet --locked --release -p pgcdc-bench
 
 ## a minute of coverage-guided fuzzing of the ring reader on corrupted rings

@@ -48,6 +48,13 @@ pub fn run() {
     client.batch_execute("CREATE TABLE narrow (id bigint PRIMARY KEY, v int)").unwrap();
     let ring = ring_of(&mut client, "e2e");
     client.query("SELECT pg_create_logical_replication_slot('w2j', 'wal2json')", &[]).unwrap();
+    // The same WAL for the Python package, locally and over Flight (as a
+    // user with a password, as a remote client logs in).
+    for slot in ["e2e_py", "e2e_fl"] {
+        ring_of(&mut client, slot);
+    }
+    client.batch_execute("CREATE ROLE reader LOGIN PASSWORD 'pw'; GRANT SELECT ON narrow TO reader").unwrap();
+    cluster.require_password("reader");
 
     // Throughput: write the WAL with the worker stopped, then time the
     // worker and one reader draining it.
@@ -103,9 +110,66 @@ pub fn run() {
         "\npgcdc: {:.1}× the changes/s of pg_recvlogical + wal2json (target: ≥ 1M changes/s on one core).",
         theirs.as_secs_f64() / ours.as_secs_f64()
     );
+    python_readers(&cluster, &mut client, rows, ours);
 
     latency(&cluster, &mut client, reader);
     partitioning();
+}
+
+/// The Python package draining the same WAL: from this host's ring, and
+/// over Flight from `pgcdc serve` on loopback.
+fn python_readers(cluster: &Cluster, client: &mut Client, rows: usize, rust: Duration) {
+    let python = std::env::var("PGCDC_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/drain.py");
+    let conninfo = cluster.conninfo("e2e");
+    let drain = |args: &[&str]| -> Option<Duration> {
+        let out = Command::new(&python).arg(script).arg(rows.to_string()).arg(&conninfo).args(args).output().ok()?;
+        if !out.status.success() {
+            println!("(the Python reader failed: {})", String::from_utf8_lossy(&out.stderr).trim());
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok().map(Duration::from_secs_f64)
+    };
+    let local = drain(&["e2e_py", "local"]);
+    let cli = std::env::current_exe().unwrap().with_file_name("pgcdc");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let served = Command::new(&cli)
+        .args(["serve", "--conninfo", &format!("host={} dbname=e2e", cluster.socket_dir().display())])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let flight = match served {
+        Ok(mut server) => {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            ring_of(client, "e2e_fl"); // starts its worker
+            let time = drain(&["e2e_fl", "flight", &format!("grpc://127.0.0.1:{port}"), "reader", "pw"]);
+            let _ = server.kill();
+            let _ = server.wait();
+            time
+        }
+        Err(e) => {
+            println!("(no Flight run: {} did not start: {e}; `make bench` builds it)", cli.display());
+            None
+        }
+    };
+    println!("\n| reader of the same WAL | time | changes/s | vs the Rust reader |\n|---|---:|---:|---:|");
+    for (name, time) in
+        [("Rust, local ring", Some(rust)), ("Python, local ring", local), ("Python, Flight on loopback", flight)]
+    {
+        match time {
+            Some(t) => println!(
+                "| {name} | {:.2} s | {:.0}k | {:.2}× |",
+                t.as_secs_f64(),
+                rows as f64 / t.as_secs_f64() / 1e3,
+                rust.as_secs_f64() / t.as_secs_f64()
+            ),
+            None => println!("| {name} | – | – | – |"),
+        }
+    }
+    println!("\nTargets: Python local ≥ 1M changes/s; Flight ≥ 0.8× the local reader's throughput.");
 }
 
 /// Commit-to-reader latency at a fixed transaction rate.
