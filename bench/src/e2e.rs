@@ -113,6 +113,7 @@ pub fn run() {
     python_readers(&cluster, &mut client, rows, ours);
 
     latency(&cluster, &mut client, reader);
+    flight_latency(&cluster, &mut client);
     partitioning();
 }
 
@@ -131,30 +132,12 @@ fn python_readers(cluster: &Cluster, client: &mut Client, rows: usize, rust: Dur
         String::from_utf8_lossy(&out.stdout).trim().parse().ok().map(Duration::from_secs_f64)
     };
     let local = drain(&["e2e_py", "local"]);
-    let cli = std::env::current_exe().unwrap().with_file_name("pgcdc");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let served = Command::new(&cli)
-        .args(["serve", "--conninfo", &format!("host={} dbname=e2e", cluster.socket_dir().display())])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    let flight = match served {
-        Ok(mut server) => {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            ring_of(client, "e2e_fl"); // starts its worker
-            let time = drain(&["e2e_fl", "flight", &format!("grpc://127.0.0.1:{port}"), "reader", "pw"]);
-            let _ = server.kill();
-            let _ = server.wait();
-            time
-        }
-        Err(e) => {
-            println!("(no Flight run: {} did not start: {e}; `make bench` builds it)", cli.display());
-            None
-        }
-    };
+    let flight = Served::start(cluster).and_then(|served| {
+        ring_of(client, "e2e_fl"); // starts its worker
+        drain(&["e2e_fl", "flight", &served.location(), "reader", "pw"])
+    });
+    // Their workers would decode the latency runs' WAL too.
+    client.batch_execute("SELECT cdc_drop('e2e_py'); SELECT cdc_drop('e2e_fl')").unwrap();
     println!("\n| reader of the same WAL | time | changes/s | vs the Rust reader |\n|---|---:|---:|---:|");
     for (name, time) in
         [("Rust, local ring", Some(rust)), ("Python, local ring", local), ("Python, Flight on loopback", flight)]
@@ -172,6 +155,82 @@ fn python_readers(cluster: &Cluster, client: &mut Client, rows: usize, rust: Dur
     println!("\nTargets: Python local ≥ 1M changes/s; Flight ≥ 0.8× the local reader's throughput.");
 }
 
+/// `pgcdc serve` on a free loopback port, killed when dropped.
+struct Served(std::process::Child, u16);
+
+impl Served {
+    fn start(cluster: &Cluster) -> Option<Served> {
+        let cli = std::env::current_exe().unwrap().with_file_name("pgcdc");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(&cli)
+            .args(["serve", "--conninfo", &format!("host={} dbname=e2e", cluster.socket_dir().display())])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| println!("(no Flight run: {} did not start: {e}; `make bench` builds it)", cli.display()))
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Served(child, port))
+    }
+
+    fn location(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.1)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Commit-to-batch latency of the Python package over Flight, at the rate
+/// of [`latency`], on a stream of its own.
+fn flight_latency(cluster: &Cluster, client: &mut Client) {
+    let rate = env_usize("BENCH_RATE", 10_000);
+    let seconds = env_usize("BENCH_LATENCY_SECONDS", 5);
+    let writers = env_usize("BENCH_WRITERS", 4);
+    client.batch_execute("TRUNCATE narrow").unwrap();
+    ring_of(client, "e2e_lat");
+    let Some(served) = Served::start(cluster) else { return };
+    let python = std::env::var("PGCDC_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut measuring = Command::new(&python)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/latency.py"))
+        .args([served.location().as_str(), "reader", "pw", "e2e_lat", "public.narrow"])
+        .arg((seconds + 1).to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(measuring.stdout.take().unwrap()));
+    if lines.next().and_then(Result::ok).as_deref() != Some("ready") {
+        println!("\n(the Flight latency client did not start)");
+        let _ = measuring.kill();
+        let _ = measuring.wait();
+        return;
+    }
+    let running = Arc::new(AtomicBool::new(true));
+    let handles = paced_writers(cluster, writers, rate, &running);
+    std::thread::sleep(Duration::from_secs(seconds as u64));
+    running.store(false, Ordering::Relaxed);
+    let committed: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let result = lines.next().and_then(Result::ok).unwrap_or_default();
+    let _ = measuring.wait();
+    let f: Vec<&str> = result.split(' ').collect();
+    match f[..] {
+        [p50, p99, max, rows] => println!(
+            "\nLatency from commit to a batch in a Python Flight client (pgcdc serve on loopback), {writers} writers \
+             at {rate} transactions/s target ({:.0} achieved), {rows} rows: p50 {p50} ms, p99 {p99} ms, max {max} ms \
+             (target p99 < 10 ms).",
+            committed as f64 / seconds as f64
+        ),
+        _ => println!("\n(the Flight latency client failed: {result:?})"),
+    }
+}
+
 /// Commit-to-reader latency at a fixed transaction rate.
 fn latency(cluster: &Cluster, client: &mut Client, mut reader: ChangeReader) {
     let rate = env_usize("BENCH_RATE", 10_000);
@@ -183,30 +242,7 @@ fn latency(cluster: &Cluster, client: &mut Client, mut reader: ChangeReader) {
         reader.ack(max_commit_lsn(&batch).unwrap());
     }
     let running = Arc::new(AtomicBool::new(true));
-    let handles: Vec<_> = (0..writers)
-        .map(|w| {
-            let conninfo = cluster.conninfo("e2e");
-            let running = running.clone();
-            std::thread::spawn(move || {
-                let mut client = Client::connect(&conninfo, NoTls).unwrap();
-                let statement = client.prepare("INSERT INTO narrow VALUES ($1, 0)").unwrap();
-                let interval = Duration::from_secs_f64(writers as f64 / rate as f64);
-                let mut next = Instant::now();
-                let mut id = w as i64;
-                let mut done = 0u64;
-                while running.load(Ordering::Relaxed) {
-                    client.execute(&statement, &[&id]).unwrap();
-                    id += writers as i64;
-                    done += 1;
-                    next += interval;
-                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                }
-                done
-            })
-        })
-        .collect();
+    let handles = paced_writers(cluster, writers, rate, &running);
     let mut latencies = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(seconds as u64);
     while Instant::now() < deadline {
@@ -236,6 +272,41 @@ fn latency(cluster: &Cluster, client: &mut Client, mut reader: ChangeReader) {
         pct(0.99),
         latencies.last().copied().unwrap_or(0.0)
     );
+}
+
+/// `writers` threads committing single-row inserts into `narrow` at `rate`
+/// transactions per second in all, until `running` turns false; each
+/// returns how many it committed.
+fn paced_writers(
+    cluster: &Cluster,
+    writers: usize,
+    rate: usize,
+    running: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<u64>> {
+    (0..writers)
+        .map(|w| {
+            let conninfo = cluster.conninfo("e2e");
+            let running = running.clone();
+            std::thread::spawn(move || {
+                let mut client = Client::connect(&conninfo, NoTls).unwrap();
+                let statement = client.prepare("INSERT INTO narrow VALUES ($1, 0)").unwrap();
+                let interval = Duration::from_secs_f64(writers as f64 / rate as f64);
+                let mut next = Instant::now();
+                let mut id = w as i64;
+                let mut done = 0u64;
+                while running.load(Ordering::Relaxed) {
+                    client.execute(&statement, &[&id]).unwrap();
+                    id += writers as i64;
+                    done += 1;
+                    next += interval;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                done
+            })
+        })
+        .collect()
 }
 
 /// HashPartitioner throughput on a batch of narrow rows.

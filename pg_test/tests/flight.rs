@@ -290,3 +290,61 @@ fn the_readme_flight_example_runs_as_written() {
     assert!(batches[0].contains("'note'") && batches[0].contains("'id': [4]"), "{text}");
     drop(server);
 }
+
+/// An acknowledgement followed at once by the end of the stream (the
+/// client cancels it, or goes away) still counts: a `do_get` without
+/// `after=` right after it starts past the acknowledged batch. The server
+/// applies acknowledgements from its pump, between reads of the ring; one
+/// that came while the pump waited was once dropped with the stream.
+#[test]
+fn an_acknowledgement_holds_when_the_stream_ends_right_after_it() {
+    let cluster = Cluster::start();
+    let mut client = cluster.database_with_pgcdc("acks");
+    client
+        .batch_execute(
+            "CREATE ROLE carol LOGIN PASSWORD 'c';
+             CREATE TABLE t (id int PRIMARY KEY);
+             GRANT SELECT ON t TO carol;",
+        )
+        .unwrap();
+    cluster.require_password("carol");
+    configure(&mut client, "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'acks', snapshot => 'never')");
+    let port = free_port();
+    let server = serve(&cluster, "acks", port, &[]);
+    // Each round (a line on stdin: a row was inserted): a new stream from
+    // the consumer's acknowledged place, its first batch acknowledged, the
+    // stream cancelled at once.
+    let probe = format!(
+        r#"
+import pyarrow.flight as flight, sys
+client = flight.connect("grpc://127.0.0.1:{port}")
+options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(b"carol", b"c")], timeout=10)
+route = "slot=acks\nroute=public.t\nconsumer=default"
+for _ in sys.stdin:
+    reader = client.do_get(flight.Ticket(route.encode()), options)
+    chunk = reader.read_chunk()
+    meta = dict(l.split("=", 1) for l in chunk.app_metadata.to_pybytes().decode().splitlines())
+    list(client.do_action(flight.Action("ack", (route + "\nposition=" + meta["position"]).encode()), options))
+    reader.cancel()
+    print(chunk.data.column("id").to_pylist(), flush=True)
+"#
+    );
+    let mut probe = Command::new(python())
+        .args(["-c", &probe])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the probe");
+    let mut round = std::io::BufReader::new(probe.stdout.take().unwrap());
+    let mut said = probe.stdin.take().unwrap();
+    for id in 1..=8 {
+        client.batch_execute(&format!("INSERT INTO t VALUES ({id})")).unwrap();
+        std::io::Write::write_all(&mut said, b"next\n").unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut round, &mut line).unwrap();
+        assert_eq!(line.trim(), format!("[{id}]"), "round {id}: only the row after the one acknowledged before");
+    }
+    drop(said);
+    assert!(probe.wait().unwrap().success());
+    drop(server);
+}

@@ -70,6 +70,106 @@ def _marked(batch: pa.RecordBatch, meta: dict) -> pa.RecordBatch:
     return batch.replace_schema_metadata(merged)
 
 
+class _Pumping:
+    """One ``do_get`` read ahead into a queue by a thread; stopping it
+    cancels the call, so the server lets go of the consumer at once."""
+
+    def __init__(self):
+        self.queue = queue.Queue(READ_AHEAD)
+        self._stopped = threading.Event()
+        self._stream = None
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped.set()
+            if self._stream is not None:
+                self._stream.cancel()
+
+    def _put(self, item) -> bool:
+        while not self._stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def run(self, client, ticket: str, options) -> None:
+        try:
+            stream = client.do_get(flight.Ticket(ticket.encode()), options)
+            with self._lock:
+                if self._stopped.is_set():
+                    stream.cancel()
+                    return
+                self._stream = stream
+            while not self._stopped.is_set():
+                chunk = stream.read_chunk()
+                if not self._put(("batch", chunk.data, _meta(chunk))):
+                    return
+        except StopIteration:
+            self._put(("end", None, None))
+        except Exception as e:  # handed to the reading thread, which decides
+            self._put(("error", e, None))
+
+
+class _Acker:
+    """Sends a reader's acknowledgements from a thread of its own, the
+    newest only: a round trip per batch would hold a reader of small
+    transactions back (at 10 000 commits a second the client fell seconds
+    behind). The ring's space comes back a moment later; nothing else
+    changes, since what a client keeps is its position."""
+
+    def __init__(self, route: str):
+        self._route = route
+        self._lock = threading.Condition()
+        self._due = None
+        self._closed = False
+        self._thread = None
+
+    def due(self, client, options, position: str) -> None:
+        with self._lock:
+            self._due = (client, options, position)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True)
+                self._thread.start()
+            self._lock.notify()
+
+    def _take(self, wait: bool):
+        with self._lock:
+            while wait and self._due is None and not self._closed:
+                self._lock.wait()
+            due, self._due = self._due, None
+            return due
+
+    def _send(self, due) -> None:
+        client, options, position = due
+        body = f"{self._route}\nposition={position}".encode()
+        try:
+            list(client.do_action(flight.Action("ack", body), options))
+        except TRANSIENT + (flight.FlightUnauthenticatedError, pa.ArrowInvalid):
+            # No stream open to acknowledge on (failed precondition: the
+            # server restarted, or is between two of our streams): the
+            # next stream starts after the last batch taken, which
+            # acknowledges it there.
+            pass
+
+    def _run(self) -> None:
+        while True:
+            due = self._take(wait=True)
+            if due is None:
+                return
+            self._send(due)
+
+    def close(self, send: bool = True) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        due = self._take(wait=False)
+        if send and due is not None:
+            self._send(due)
+
+
 class FlightReader(_Stream):
     """One route read from ``pgcdc serve`` at ``location``, logged in as a
     PostgreSQL user."""
@@ -85,18 +185,18 @@ class FlightReader(_Stream):
         tls_root_certs: Optional[bytes] = None,
     ):
         super().__init__()
-        if not user:
-            raise Error("Flight needs a user: name one in the conninfo (user=…)")
         self.route = route
         self._route = f"slot={slot}\nroute={route}\nconsumer={consumer}"
-        self._login_as = (location, user, password or "", tls_root_certs)
-        self._client = self._options = None
-        self._login()
         #: (commit LSN, position) of each batch taken and not acknowledged.
         self._taken = []
         self._position: Optional[str] = None
-        self._queue: Optional[queue.Queue] = None
-        self._stop: Optional[threading.Event] = None
+        self._pumping: Optional[_Pumping] = None
+        self._acker = _Acker(self._route)
+        if not user:
+            raise Error("Flight needs a user: name one in the conninfo (user=…)")
+        self._login_as = (location, user, password or "", tls_root_certs)
+        self._client = self._options = None
+        self._login()
 
     @property
     def position(self) -> Optional[str]:
@@ -118,39 +218,18 @@ class FlightReader(_Stream):
         if self._options is None:
             self._login()
         ticket = self._route + (f"\nafter={self._position}" if self._position else "")
-        self._queue, self._stop = queue.Queue(READ_AHEAD), threading.Event()
-        threading.Thread(target=self._pump, args=(ticket, self._queue, self._stop), daemon=True).start()
+        self._pumping = _Pumping()
+        threading.Thread(target=self._pumping.run, args=(self._client, ticket, self._options), daemon=True).start()
 
     def _restart(self) -> None:
-        if self._stop is not None:
-            self._stop.set()
-        self._queue = self._stop = None
-
-    def _pump(self, ticket: str, out: queue.Queue, stop: threading.Event) -> None:
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    pass
-            return False
-
-        try:
-            stream = self._client.do_get(flight.Ticket(ticket.encode()), self._options)
-            while not stop.is_set():
-                chunk = stream.read_chunk()
-                if not put(("batch", chunk.data, _meta(chunk))):
-                    return
-        except StopIteration:
-            put(("end", None, None))
-        except Exception as e:  # handed to the reading thread, which decides
-            put(("error", e, None))
+        if self._pumping is not None:
+            self._pumping.stop()
+        self._pumping = None
 
     def _read(self, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if self._queue is None:
+            if self._pumping is None:
                 try:
                     self._start()
                 except Unreachable:
@@ -159,7 +238,7 @@ class FlightReader(_Stream):
                     continue
             left = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
             try:
-                kind, data, meta = self._queue.get(timeout=left)
+                kind, data, meta = self._pumping.queue.get(timeout=left)
             except queue.Empty:
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
@@ -182,22 +261,19 @@ class FlightReader(_Stream):
         if not covered:
             return
         self._taken = [(lsn, p) for lsn, p in self._taken if lsn > commit_lsn]
-        body = f"{self._route}\nposition={covered[-1]}".encode()
-        try:
-            list(self._client.do_action(flight.Action("ack", body), self._options))
-        except TRANSIENT + (flight.FlightUnauthenticatedError, pa.ArrowInvalid):
-            # No stream open to acknowledge on (failed precondition: the
-            # server restarted, or is between two of our streams): the
-            # next stream starts after the last batch taken, which
-            # acknowledges it there.
-            pass
+        self._acker.due(self._client, self._options, covered[-1])
 
     def close(self) -> None:
-        """Stops reading ahead (the server keeps the consumer's place)."""
+        """Sends the last acknowledgement and stops reading ahead (the
+        server keeps the consumer's place). The acknowledgement goes
+        first: the server takes one only while the reader's stream is
+        open."""
+        self._acker.close()
         self._restart()
 
     def __del__(self):
         self._restart()
+        self._acker.close(send=False)
 
     def __repr__(self):
         return f"<pgcdc.FlightReader {self.route}>"

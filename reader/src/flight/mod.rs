@@ -28,6 +28,8 @@
 pub mod protocol;
 
 use crate::changes::{ChangeReader, ReadError};
+use crate::position::Position;
+use arrow_array::RecordBatch;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::{
     Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
@@ -67,7 +69,9 @@ pub fn serve(config: ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
             sessions: Mutex::new(HashMap::new()),
             readers: Arc::new(Mutex::new(HashMap::new())),
         });
-        let mut server = Server::builder();
+        // Without TCP_NODELAY, Nagle's algorithm and the client's delayed
+        // acknowledgements held small batches back for up to 40 ms each.
+        let mut server = Server::builder().tcp_nodelay(true);
         if let Some((cert, key)) = &config.tls {
             let identity = Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
             server = server.tls_config(ServerTlsConfig::new().identity(identity))?;
@@ -88,10 +92,65 @@ struct Session {
 /// acknowledgements.
 type ReaderKey = (String, String, String);
 
+/// The reader of an open `do_get`, and the acknowledgement waiting for it.
+/// `do_action` only leaves the position here: the pump holds the reader
+/// while it waits for the ring, and an acknowledgement waiting for that
+/// lock held a runtime thread, and the streams it served, up to a wait.
+/// The pump applies it before its next read (within 50 ms) and, when the
+/// `do_get` ends, before it lets the reader go: an acknowledgement that
+/// `do_action` took is never dropped.
+struct Pumped {
+    reader: Mutex<ChangeReader>,
+    ack: Mutex<Due>,
+}
+
+/// The newest acknowledgement not applied yet, and whether the pump still
+/// takes them.
+#[derive(Default)]
+struct Due {
+    position: Option<Position>,
+    closed: bool,
+}
+
+impl Pumped {
+    /// The next batch and the position of its last row, after applying
+    /// the acknowledgement that came meanwhile.
+    fn next(&self, timeout: Duration) -> Result<Option<(RecordBatch, Position)>, Status> {
+        let mut reader = self.reader.lock().expect("reader lock");
+        if let Some(position) = self.ack.lock().expect("ack lock").position.take() {
+            reader.ack_within(position.commit_lsn, position);
+        }
+        Ok(reader.next_batch(timeout).map_err(read_status)?.map(|batch| (batch, reader.position())))
+    }
+
+    /// Leaves `position` for the pump; false once the pump has ended.
+    fn acknowledge(&self, position: Position) -> bool {
+        let mut due = self.ack.lock().expect("ack lock");
+        if due.closed {
+            return false;
+        }
+        due.position = Some(due.position.map_or(position, |p| p.max(position)));
+        true
+    }
+
+    /// Takes no more acknowledgements and applies the last one (again: a
+    /// no-op).
+    fn close(&self) {
+        let last = {
+            let mut due = self.ack.lock().expect("ack lock");
+            due.closed = true;
+            due.position.take()
+        };
+        if let Some(position) = last {
+            self.reader.lock().expect("reader lock").ack_within(position.commit_lsn, position);
+        }
+    }
+}
+
 struct Service {
     database: tokio_postgres::Config,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
-    readers: Arc<Mutex<HashMap<ReaderKey, Arc<Mutex<ChangeReader>>>>>,
+    readers: Arc<Mutex<HashMap<ReaderKey, Arc<Pumped>>>>,
 }
 
 /// Batches a `do_get` holds for a client that has not taken them yet.
@@ -226,22 +285,32 @@ impl FlightService for Service {
         let session = self.session(request.metadata())?;
         let ticket = Ticket::decode(&request.into_inner().ticket).map_err(Status::invalid_argument)?;
         let path = self.ring_of(&session, &ticket.slot, &ticket.route).await?;
-        let consumer = ticket.consumer.clone();
-        let reader = tokio::task::spawn_blocking(move || ChangeReader::open(&path, &consumer))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(read_status)?;
+        let key = (ticket.slot, ticket.route, ticket.consumer);
+        // A client that comes back takes over from its stream before (its
+        // pump may not have seen it go yet): what that one was told to
+        // acknowledge is applied first, so the new reader starts after it.
+        let before = self.readers.lock().expect("readers lock").get(&key).cloned();
+        let consumer = key.2.clone();
+        let reader = tokio::task::spawn_blocking(move || {
+            if let Some(before) = before {
+                before.close();
+            }
+            ChangeReader::open(&path, &consumer)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(read_status)?;
         let reader = match ticket.after {
             Some(position) => reader.resume_at(position),
             None => reader,
         };
-        let reader = Arc::new(Mutex::new(reader));
-        let key = (ticket.slot, ticket.route, ticket.consumer);
+        let reader = Arc::new(Pumped { reader: Mutex::new(reader), ack: Mutex::new(Due::default()) });
         self.readers.lock().expect("readers lock").insert(key.clone(), reader.clone());
         let (sender, receiver) = tokio::sync::mpsc::channel(IN_FLIGHT);
         let readers = self.readers.clone();
         std::thread::spawn(move || {
             pump(&reader, &sender);
+            reader.close();
             // Acknowledgements go to the next do_get's reader, if any.
             let mut readers = readers.lock().expect("readers lock");
             if readers.get(&key).is_some_and(|r| Arc::ptr_eq(r, &reader)) {
@@ -261,13 +330,13 @@ impl FlightService for Service {
         let ack = Ack::decode(&action.body).map_err(Status::invalid_argument)?;
         self.ring_of(&session, &ack.slot, &ack.route).await?;
         let key = (ack.slot.clone(), ack.route.clone(), ack.consumer.clone());
-        let reader = self.readers.lock().expect("readers lock").get(&key).cloned().ok_or_else(|| {
-            Status::failed_precondition(format!(
+        let reader = self.readers.lock().expect("readers lock").get(&key).cloned();
+        if !reader.is_some_and(|r| r.acknowledge(ack.position)) {
+            return Err(Status::failed_precondition(format!(
                 "no do_get of route \"{}\" as consumer \"{}\" is open: acknowledge while reading (what was not acknowledged comes again)",
                 ack.route, ack.consumer
-            ))
-        })?;
-        reader.lock().expect("reader lock").ack_within(ack.position.commit_lsn, ack.position);
+            )));
+        }
         Ok(Response::new(stream::empty().boxed()))
     }
 
@@ -304,25 +373,70 @@ impl FlightService for Service {
     }
 }
 
+/// The most rows [`pump`] puts in one message by joining batches that are
+/// ready at once.
+const JOINED_ROWS: usize = 65_536;
+
+/// The next message's batch: the first batch ready, joined with those ready
+/// right after it of the same schema (a busy stream of small transactions
+/// would otherwise cost a message, and an acknowledgement, per commit). A
+/// batch that cannot join is `held` for the next message; a snapshot's
+/// marker never joins.
+fn next_joined(
+    reader: &Pumped,
+    held: &mut Option<(RecordBatch, Position)>,
+) -> Result<Option<(RecordBatch, Position)>, Status> {
+    let Some((first, position)) = (match held.take() {
+        Some(batch) => Some(batch),
+        // Short waits: an acknowledgement is applied between two.
+        None => reader.next(Duration::from_millis(50))?,
+    }) else {
+        return Ok(None);
+    };
+    if first.num_rows() == 0 {
+        return Ok(Some((first, position)));
+    }
+    let mut joined = vec![first];
+    let mut last = position;
+    let mut rows = joined[0].num_rows();
+    while rows < JOINED_ROWS {
+        match reader.next(Duration::ZERO)? {
+            Some((batch, position)) if batch.num_rows() > 0 && fingerprint(&batch) == fingerprint(&joined[0]) => {
+                rows += batch.num_rows();
+                last = position;
+                joined.push(batch);
+            }
+            Some(other) => {
+                *held = Some(other);
+                break;
+            }
+            None => break,
+        }
+    }
+    if joined.len() == 1 {
+        return Ok(joined.pop().map(|batch| (batch, last)));
+    }
+    let batch = arrow_select::concat::concat_batches(joined[0].schema_ref(), &joined)
+        .map_err(|e| Status::internal(format!("joining batches of one schema: {e}")))?;
+    Ok(Some((batch, last)))
+}
+
 /// Reads the ring into the client's stream as fast as it takes batches:
 /// the schema, then each batch with its metadata; ends before a batch of
 /// another schema, when the client is gone, or on an error it reports.
-fn pump(reader: &Mutex<ChangeReader>, sender: &tokio::sync::mpsc::Sender<Result<FlightData, Status>>) {
+fn pump(reader: &Pumped, sender: &tokio::sync::mpsc::Sender<Result<FlightData, Status>>) {
     let options = IpcWriteOptions::default();
     let mut stream_schema: Option<Option<String>> = None;
+    let mut held = None;
     loop {
         if sender.is_closed() {
             return;
         }
-        let (next, position) = {
-            let mut reader = reader.lock().expect("reader lock");
-            (reader.next_batch(Duration::from_millis(200)), reader.position())
-        };
-        let batch = match next {
-            Ok(Some(batch)) => batch,
+        let (batch, position) = match next_joined(reader, &mut held) {
+            Ok(Some(next)) => next,
             Ok(None) => continue,
-            Err(e) => {
-                let _ = sender.blocking_send(Err(read_status(e)));
+            Err(status) => {
+                let _ = sender.blocking_send(Err(status));
                 return;
             }
         };
