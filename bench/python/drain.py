@@ -1,7 +1,8 @@
 """Drains ROWS changes of public.narrow with the pgcdc Python package and
 prints the seconds it took to the last batch acknowledged: locally from
-auto_configure (which starts the stream's worker), over Flight from the
-login (the bench started the worker just before).
+auto_configure (which starts the stream's worker); over Flight, it logs
+in, prints `ready`, and times from the line the bench writes once it has
+started the worker.
 
 Usage: drain.py ROWS CONNINFO SLOT local
        drain.py ROWS CONNINFO SLOT flight LOCATION USER PASSWORD  (CONNINFO unused)
@@ -18,6 +19,9 @@ if mode == "local":
 else:
     location, user, password = sys.argv[5:8]
     reader = pgcdc.flight_readers(location, user, password, slot=slot)["public.narrow"]
+    print("ready", flush=True)
+    sys.stdin.readline()
+    started = time.monotonic()
 received = 0
 while received < rows:
     batch = reader.next_batch(timeout=30.0)

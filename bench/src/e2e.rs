@@ -113,6 +113,8 @@ pub fn run() {
     python_readers(&cluster, &mut client, rows, ours);
 
     latency(&cluster, &mut client, reader);
+    // Its worker would decode the Flight run's WAL too.
+    client.batch_execute("SELECT cdc_drop('e2e')").unwrap();
     flight_latency(&cluster, &mut client);
     partitioning();
 }
@@ -123,18 +125,41 @@ fn python_readers(cluster: &Cluster, client: &mut Client, rows: usize, rust: Dur
     let python = std::env::var("PGCDC_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/drain.py");
     let conninfo = cluster.conninfo("e2e");
-    let drain = |args: &[&str]| -> Option<Duration> {
-        let out = Command::new(&python).arg(script).arg(rows.to_string()).arg(&conninfo).args(args).output().ok()?;
+    // `start` starts the stream's worker once the reader says it is ready:
+    // the clock runs from there, as for the Rust reader.
+    let mut drain = |args: &[&str], start: &mut dyn FnMut()| -> Option<Duration> {
+        let mut child = Command::new(&python)
+            .arg(script)
+            .arg(rows.to_string())
+            .arg(&conninfo)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        let mut said = std::io::BufReader::new(child.stdout.take()?);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut said, &mut line).ok()?;
+        if line.trim() == "ready" {
+            start();
+            std::io::Write::write_all(&mut child.stdin.take()?, b"go\n").ok()?;
+            line.clear();
+            std::io::BufRead::read_line(&mut said, &mut line).ok()?;
+        }
+        let out = child.wait_with_output().ok()?;
         if !out.status.success() {
             println!("(the Python reader failed: {})", String::from_utf8_lossy(&out.stderr).trim());
             return None;
         }
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok().map(Duration::from_secs_f64)
+        line.trim().parse().ok().map(Duration::from_secs_f64)
     };
-    let local = drain(&["e2e_py", "local"]);
+    // auto_configure starts the worker itself.
+    let local = drain(&["e2e_py", "local"], &mut || {});
     let flight = Served::start(cluster).and_then(|served| {
-        ring_of(client, "e2e_fl"); // starts its worker
-        drain(&["e2e_fl", "flight", &served.location(), "reader", "pw"])
+        drain(&["e2e_fl", "flight", &served.location(), "reader", "pw"], &mut || {
+            ring_of(client, "e2e_fl");
+        })
     });
     // Their workers would decode the latency runs' WAL too.
     client.batch_execute("SELECT cdc_drop('e2e_py'); SELECT cdc_drop('e2e_fl')").unwrap();
@@ -276,20 +301,25 @@ fn latency(cluster: &Cluster, client: &mut Client, mut reader: ChangeReader) {
 
 /// `writers` threads committing single-row inserts into `narrow` at `rate`
 /// transactions per second in all, until `running` turns false; each
-/// returns how many it committed.
+/// returns how many it committed. Returns once every writer is connected
+/// and has started: starting four backends at once stalled the first
+/// rows' readers for up to 300 ms, which is no latency of the stream.
 fn paced_writers(
     cluster: &Cluster,
     writers: usize,
     rate: usize,
     running: &Arc<AtomicBool>,
 ) -> Vec<std::thread::JoinHandle<u64>> {
-    (0..writers)
+    let connected = Arc::new(std::sync::Barrier::new(writers + 1));
+    let handles = (0..writers)
         .map(|w| {
             let conninfo = cluster.conninfo("e2e");
             let running = running.clone();
+            let connected = connected.clone();
             std::thread::spawn(move || {
                 let mut client = Client::connect(&conninfo, NoTls).unwrap();
                 let statement = client.prepare("INSERT INTO narrow VALUES ($1, 0)").unwrap();
+                connected.wait();
                 let interval = Duration::from_secs_f64(writers as f64 / rate as f64);
                 let mut next = Instant::now();
                 let mut id = w as i64;
@@ -306,7 +336,9 @@ fn paced_writers(
                 done
             })
         })
-        .collect()
+        .collect();
+    connected.wait();
+    handles
 }
 
 /// HashPartitioner throughput on a batch of narrow rows.

@@ -28,6 +28,8 @@ class Unreachable(Error):
 
 #: Batches read ahead of the application.
 READ_AHEAD = 2
+#: Seconds between two acknowledgements sent by a reader's thread.
+ACK_TICK = 0.01
 #: Between attempts to reach a server that is not answering.
 RETRY = 0.2
 #: Errors of a server that went away or restarted: ask again.
@@ -160,6 +162,12 @@ class _Acker:
             if due is None:
                 return
             self._send(due)
+            # At most one a tick: back to back, a round trip per batch took
+            # the GIL and a core from the reading threads.
+            until = time.monotonic() + ACK_TICK
+            with self._lock:
+                while not self._closed and time.monotonic() < until:
+                    self._lock.wait(until - time.monotonic())
 
     def close(self, send: bool = True) -> None:
         with self._lock:
