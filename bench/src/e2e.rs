@@ -127,7 +127,7 @@ fn python_readers(cluster: &Cluster, client: &mut Client, rows: usize, rust: Dur
     let conninfo = cluster.conninfo("e2e");
     // `start` starts the stream's worker once the reader says it is ready:
     // the clock runs from there, as for the Rust reader.
-    let mut drain = |args: &[&str], start: &mut dyn FnMut()| -> Option<Duration> {
+    let drain = |args: &[&str], start: &mut dyn FnMut()| -> Option<Duration> {
         let mut child = Command::new(&python)
             .arg(script)
             .arg(rows.to_string())
