@@ -1,9 +1,10 @@
-"""Commit-to-batch latency of the pgcdc Python package over Flight: reads a
-route for SECONDS and prints `p50 p99 max rows` (milliseconds), each row's
-latency measured from its `_commit_ts` to the moment its batch was
-returned. Prints `ready` once it is logged in and reading.
+"""Commit-to-batch latency of the pgcdc Python package: reads a route for
+SECONDS and prints `p50 p99 max rows` (milliseconds), each row's latency
+measured from its `_commit_ts` to the moment its batch was returned.
+Prints `ready` once it is reading.
 
-Usage: latency.py LOCATION USER PASSWORD SLOT ROUTE SECONDS
+Usage: latency.py local CONNINFO SLOT ROUTE SECONDS       (configures the stream)
+       latency.py flight LOCATION USER PASSWORD SLOT ROUTE SECONDS
 """
 import sys
 import time
@@ -12,9 +13,13 @@ import pyarrow as pa
 
 import pgcdc
 
-location, user, password, slot, route, seconds = sys.argv[1:7]
-reader = pgcdc.flight_readers(location, user, password, slot=slot)[route]
-reader.next_batch(timeout=0.5)  # connected, stream open
+if sys.argv[1] == "local":
+    conninfo, slot, route, seconds = sys.argv[2:6]
+    reader = pgcdc.auto_configure(conninfo, tables=route, slot=slot)[route]
+else:
+    location, user, password, slot, route, seconds = sys.argv[2:8]
+    reader = pgcdc.flight_readers(location, user, password, slot=slot)[route]
+reader.next_batch(timeout=0.5)  # attached (the snapshot of an empty table completes)
 # pyarrow loads its compute kernels on the first cast (about 100 ms):
 # before the clock runs, not charged to the first rows.
 pa.array([0], pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
@@ -34,4 +39,4 @@ latencies.sort()
 if not latencies:
     sys.exit("no rows came")
 pct = lambda p: latencies[min(int(len(latencies) * p), len(latencies) - 1)]
-print(f"{pct(0.5):.2f} {pct(0.99):.2f} {latencies[-1]:.2f} {len(latencies)}")
+print(f"{pct(0.5):.2f} {pct(0.99):.2f} {latencies[-1]:.2f} {len(latencies)}", flush=True)

@@ -1,26 +1,21 @@
 //! End to end: from commit into RecordBatches in a reader process, beside
-//! pg_recvlogical with wal2json on the same WAL; commit-to-reader latency at
-//! a fixed rate; and the HashPartitioner.
+//! pg_recvlogical with wal2json on the same WAL; then commit-to-reader
+//! latency at a fixed rate (`latency`) and the HashPartitioner.
 //!
 //! Commits are synchronous (the cluster runs with fsync off, so that is
 //! cheap): decoding follows the flushed WAL, and with asynchronous commit
 //! the WAL writer's 200 ms delay would dominate the latency.
 
+use crate::env_usize;
 use pg_test::{Cluster, Settings};
 use pgcdc_reader::changes::{max_commit_lsn, ChangeReader};
 use pgcdc_reader::HashPartitioner;
-use postgres::{Client, NoTls};
+use postgres::Client;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn ring_of(client: &mut Client, slot: &str) -> PathBuf {
+pub fn ring_of(client: &mut Client, slot: &str) -> PathBuf {
     let row = client
         .query_one(&format!("SELECT ring_path FROM cdc_auto_configure('public.narrow', slot_name => '{slot}')"), &[])
         .unwrap();
@@ -112,10 +107,7 @@ pub fn run() {
     );
     python_readers(&cluster, &mut client, rows, ours);
 
-    latency(&cluster, &mut client, reader);
-    // Its worker would decode the Flight run's WAL too.
-    client.batch_execute("SELECT cdc_drop('e2e')").unwrap();
-    flight_latency(&cluster, &mut client);
+    crate::latency::run(&cluster, &mut client, reader);
     partitioning();
 }
 
@@ -181,10 +173,10 @@ fn python_readers(cluster: &Cluster, client: &mut Client, rows: usize, rust: Dur
 }
 
 /// `pgcdc serve` on a free loopback port, killed when dropped.
-struct Served(std::process::Child, u16);
+pub struct Served(std::process::Child, u16);
 
 impl Served {
-    fn start(cluster: &Cluster) -> Option<Served> {
+    pub fn start(cluster: &Cluster) -> Option<Served> {
         let cli = std::env::current_exe().unwrap().with_file_name("pgcdc");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(&cli)
@@ -201,7 +193,7 @@ impl Served {
         Some(Served(child, port))
     }
 
-    fn location(&self) -> String {
+    pub fn location(&self) -> String {
         format!("grpc://127.0.0.1:{}", self.1)
     }
 }
@@ -211,134 +203,6 @@ impl Drop for Served {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Commit-to-batch latency of the Python package over Flight, at the rate
-/// of [`latency`], on a stream of its own.
-fn flight_latency(cluster: &Cluster, client: &mut Client) {
-    let rate = env_usize("BENCH_RATE", 10_000);
-    let seconds = env_usize("BENCH_LATENCY_SECONDS", 5);
-    let writers = env_usize("BENCH_WRITERS", 4);
-    client.batch_execute("TRUNCATE narrow").unwrap();
-    ring_of(client, "e2e_lat");
-    let Some(served) = Served::start(cluster) else { return };
-    let python = std::env::var("PGCDC_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut measuring = Command::new(&python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/python/latency.py"))
-        .args([served.location().as_str(), "reader", "pw", "e2e_lat", "public.narrow"])
-        .arg((seconds + 1).to_string())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(measuring.stdout.take().unwrap()));
-    if lines.next().and_then(Result::ok).as_deref() != Some("ready") {
-        println!("\n(the Flight latency client did not start)");
-        let _ = measuring.kill();
-        let _ = measuring.wait();
-        return;
-    }
-    let running = Arc::new(AtomicBool::new(true));
-    let handles = paced_writers(cluster, writers, rate, &running);
-    std::thread::sleep(Duration::from_secs(seconds as u64));
-    running.store(false, Ordering::Relaxed);
-    let committed: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    let result = lines.next().and_then(Result::ok).unwrap_or_default();
-    let _ = measuring.wait();
-    let f: Vec<&str> = result.split(' ').collect();
-    match f[..] {
-        [p50, p99, max, rows] => println!(
-            "\nLatency from commit to a batch in a Python Flight client (pgcdc serve on loopback), {writers} writers \
-             at {rate} transactions/s target ({:.0} achieved), {rows} rows: p50 {p50} ms, p99 {p99} ms, max {max} ms \
-             (target p99 < 10 ms).",
-            committed as f64 / seconds as f64
-        ),
-        _ => println!("\n(the Flight latency client failed: {result:?})"),
-    }
-}
-
-/// Commit-to-reader latency at a fixed transaction rate.
-fn latency(cluster: &Cluster, client: &mut Client, mut reader: ChangeReader) {
-    let rate = env_usize("BENCH_RATE", 10_000);
-    let seconds = env_usize("BENCH_LATENCY_SECONDS", 5);
-    let writers = env_usize("BENCH_WRITERS", 4);
-    client.batch_execute("TRUNCATE narrow").unwrap();
-    // Drain the truncate.
-    while let Some(batch) = reader.next_batch(Duration::from_millis(500)).unwrap() {
-        reader.ack(max_commit_lsn(&batch).unwrap());
-    }
-    let running = Arc::new(AtomicBool::new(true));
-    let handles = paced_writers(cluster, writers, rate, &running);
-    let mut latencies = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(seconds as u64);
-    while Instant::now() < deadline {
-        if let Some(batch) = reader.next_batch(Duration::from_millis(100)).unwrap() {
-            let now_us = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64;
-            let commits = batch
-                .column_by_name("_commit_ts")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<arrow_array::TimestampMicrosecondArray>()
-                .unwrap()
-                .clone();
-            latencies.extend(commits.values().iter().map(|c| (now_us - c) as f64 / 1000.0));
-            reader.ack(max_commit_lsn(&batch).unwrap());
-        }
-    }
-    running.store(false, Ordering::Relaxed);
-    let committed: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    println!(
-        "\nLatency from commit to a RecordBatch in the reader, {writers} writers at {rate} transactions/s target \
-         ({:.0} achieved), {} rows: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target p99 < 5 ms).",
-        committed as f64 / seconds as f64,
-        latencies.len(),
-        pct(0.50),
-        pct(0.99),
-        latencies.last().copied().unwrap_or(0.0)
-    );
-}
-
-/// `writers` threads committing single-row inserts into `narrow` at `rate`
-/// transactions per second in all, until `running` turns false; each
-/// returns how many it committed. Returns once every writer is connected
-/// and has started: starting four backends at once stalled the first
-/// rows' readers for up to 300 ms, which is no latency of the stream.
-fn paced_writers(
-    cluster: &Cluster,
-    writers: usize,
-    rate: usize,
-    running: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<u64>> {
-    let connected = Arc::new(std::sync::Barrier::new(writers + 1));
-    let handles = (0..writers)
-        .map(|w| {
-            let conninfo = cluster.conninfo("e2e");
-            let running = running.clone();
-            let connected = connected.clone();
-            std::thread::spawn(move || {
-                let mut client = Client::connect(&conninfo, NoTls).unwrap();
-                let statement = client.prepare("INSERT INTO narrow VALUES ($1, 0)").unwrap();
-                connected.wait();
-                let interval = Duration::from_secs_f64(writers as f64 / rate as f64);
-                let mut next = Instant::now();
-                let mut id = w as i64;
-                let mut done = 0u64;
-                while running.load(Ordering::Relaxed) {
-                    client.execute(&statement, &[&id]).unwrap();
-                    id += writers as i64;
-                    done += 1;
-                    next += interval;
-                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                }
-                done
-            })
-        })
-        .collect();
-    connected.wait();
-    handles
 }
 
 /// HashPartitioner throughput on a batch of narrow rows.

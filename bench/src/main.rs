@@ -12,6 +12,7 @@
 //! decoding work with an output plugin that writes nothing.
 
 mod e2e;
+mod latency;
 mod snapshot;
 
 use pg_test::{Cluster, Settings};
