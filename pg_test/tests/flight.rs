@@ -348,3 +348,67 @@ for _ in sys.stdin:
     assert!(probe.wait().unwrap().success());
     drop(server);
 }
+
+/// A transaction of large rows reaches a client that takes messages of
+/// at most 4 MiB, gRPC's default outside pyarrow (Java, Go, C#): the
+/// server sends batches in pieces below that, each with the position of
+/// its last row, so acknowledging or resuming after a piece works.
+#[test]
+fn large_batches_go_in_pieces_a_client_with_grpcs_default_limit_reads() {
+    let cluster = Cluster::start();
+    let mut client = cluster.database_with_pgcdc("large");
+    client
+        .batch_execute(
+            "CREATE ROLE dave LOGIN PASSWORD 'd';
+             CREATE TABLE t (id int PRIMARY KEY, body text);
+             GRANT SELECT ON t TO dave;",
+        )
+        .unwrap();
+    cluster.require_password("dave");
+    configure(&mut client, "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'large', snapshot => 'never')");
+    // 12 MB in one transaction (incompressible, as TOAST would not shrink
+    // it), then one small row.
+    client
+        .batch_execute(
+            "INSERT INTO t SELECT i, (SELECT string_agg(md5(i::text || j::text), '') FROM generate_series(1, 125) j)
+             FROM generate_series(1, 3000) i;
+             INSERT INTO t VALUES (5000, 'last');",
+        )
+        .unwrap();
+    let port = free_port();
+    let server = serve(&cluster, "large", port, &[]);
+    let probe = format!(
+        r#"
+import pyarrow.flight as flight
+client = flight.connect("grpc://127.0.0.1:{port}", generic_options=[("grpc.max_receive_message_length", 4 << 20)])
+options = flight.FlightCallOptions(headers=[client.authenticate_basic_token(b"dave", b"d")], timeout=30)
+route = "slot=large\nroute=public.t\nconsumer=default"
+def meta(chunk):
+    return dict(l.split("=", 1) for l in chunk.app_metadata.to_pybytes().decode().splitlines())
+reader = client.do_get(flight.Ticket(route.encode()), options)
+pieces = []
+while sum(len(ids) for ids, _ in pieces) < 3001:
+    chunk = reader.read_chunk()
+    pieces.append((chunk.data.column("id").to_pylist(), meta(chunk)["position"]))
+reader.cancel()
+print("messages", len(pieces))
+print("ids", [i for ids, _ in pieces for i in ids] == list(range(1, 3001)) + [5000])
+# Acknowledged up to the first piece: a stream without after= starts
+# right after it; one after= the second piece, right after that.
+list(client.do_action(flight.Action("ack", (route + "\nposition=" + pieces[0][1]).encode()), options))
+again = client.do_get(flight.Ticket(route.encode()), options).read_chunk()
+print("after ack", again.data.column("id")[0].as_py() == pieces[1][0][0])
+resumed = client.do_get(flight.Ticket((route + "\nafter=" + pieces[1][1]).encode()), options).read_chunk()
+print("after position", resumed.data.column("id")[0].as_py() == pieces[2][0][0])
+"#
+    );
+    let output = run_python(&["-c", &probe]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    let messages: usize = text.lines().find_map(|l| l.strip_prefix("messages ")).unwrap().parse().unwrap();
+    assert!(messages >= 6, "12 MB in pieces of at most 2 MiB: {text}");
+    assert!(text.contains("ids True"), "every row once, in order: {text}");
+    assert!(text.contains("after ack True"), "{text}");
+    assert!(text.contains("after position True"), "{text}");
+    drop(server);
+}

@@ -39,7 +39,7 @@ use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, Ip
 use arrow_schema::Schema;
 use futures::stream::{self, BoxStream, StreamExt};
 use protocol::{batch_metadata, fingerprint, wire_batch, wire_schema, Ack, Ticket};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -113,14 +113,30 @@ struct Due {
 }
 
 impl Pumped {
-    /// The next batch and the position of its last row, after applying
-    /// the acknowledgement that came meanwhile.
-    fn next(&self, timeout: Duration) -> Result<Option<(RecordBatch, Position)>, Status> {
+    /// The next batch, after applying the acknowledgement that came
+    /// meanwhile, in pieces of at most [`MESSAGE_BYTES`] (a row larger
+    /// than that alone is a piece of its own), each with the position of
+    /// its last row; none if no batch came within `timeout`.
+    fn next(&self, timeout: Duration) -> Result<Vec<(RecordBatch, Position)>, Status> {
         let mut reader = self.reader.lock().expect("reader lock");
         if let Some(position) = self.ack.lock().expect("ack lock").position.take() {
             reader.ack_within(position.commit_lsn, position);
         }
-        Ok(reader.next_batch(timeout).map_err(read_status)?.map(|batch| (batch, reader.position())))
+        let Some(batch) = reader.next_batch(timeout).map_err(read_status)? else {
+            return Ok(Vec::new());
+        };
+        let mut pieces = Vec::new();
+        split(&batch, 0, batch.num_rows(), &mut |start, rows| {
+            // The batch is the last the reader returned: its rows'
+            // positions are known.
+            let after = batch.num_rows() - start - rows;
+            pieces.push((batch.slice(start, rows), reader.position_before_last(after)));
+        });
+        if pieces.is_empty() {
+            // A marker: no rows, one message.
+            pieces.push((batch, reader.position()));
+        }
+        Ok(pieces)
     }
 
     /// Leaves `position` for the pump; false once the pump has ended.
@@ -376,6 +392,33 @@ impl FlightService for Service {
 /// The most rows [`pump`] puts in one message by joining batches.
 const JOINED_ROWS: usize = 65_536;
 
+/// The most bytes of Arrow buffers in one message, by joining batches or
+/// splitting one: well below the 4 MiB that gRPC clients (Java, Go, C#)
+/// accept by default, so that they read every route without settings
+/// (pyarrow accepts any size). A single row larger than this goes alone.
+const MESSAGE_BYTES: usize = 2 << 20;
+
+/// The bytes of Arrow buffers a batch (or a slice of one) holds.
+fn buffer_bytes(batch: &RecordBatch) -> usize {
+    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0)).sum()
+}
+
+/// Calls `piece(start, rows)` for consecutive row ranges of `batch` from
+/// `start`, `rows` long, each within [`MESSAGE_BYTES`] or of one row, by
+/// halving ranges that are larger.
+fn split(batch: &RecordBatch, start: usize, rows: usize, piece: &mut impl FnMut(usize, usize)) {
+    if rows == 0 {
+        return;
+    }
+    if rows == 1 || buffer_bytes(&batch.slice(start, rows)) <= MESSAGE_BYTES {
+        piece(start, rows);
+        return;
+    }
+    let half = rows / 2;
+    split(batch, start, half, piece);
+    split(batch, start + half, rows - half, piece);
+}
+
 /// The least time between two messages of a busy stream: a batch that
 /// comes sooner after the last message waits, up to that, for more to
 /// join it. A stream of small transactions would otherwise cost a message
@@ -385,41 +428,42 @@ const JOINED_ROWS: usize = 65_536;
 /// goes out at once.
 const MESSAGE_GAP: Duration = Duration::from_millis(2);
 
-/// The next message's batch: the first batch ready, joined with those of
-/// the same schema that come before `not_before` (or are ready at once).
-/// A batch that cannot join is `held` for the next message; a snapshot's
-/// marker never joins.
+/// The next message's batch: the first piece read, joined with those of
+/// the same schema that come before `not_before` (or are ready at once),
+/// within [`JOINED_ROWS`] and [`MESSAGE_BYTES`]. Pieces read and not sent
+/// yet are `held` for the next message; a snapshot's marker never joins.
 fn next_joined(
     reader: &Pumped,
-    held: &mut Option<(RecordBatch, Position)>,
+    held: &mut VecDeque<(RecordBatch, Position)>,
     not_before: Instant,
 ) -> Result<Option<(RecordBatch, Position)>, Status> {
-    let Some((first, position)) = (match held.take() {
-        Some(batch) => Some(batch),
+    if held.is_empty() {
         // Short waits: an acknowledgement is applied between two.
-        None => reader.next(Duration::from_millis(50))?,
-    }) else {
+        held.extend(reader.next(Duration::from_millis(50))?);
+    }
+    let Some((first, position)) = held.pop_front() else {
         return Ok(None);
     };
     if first.num_rows() == 0 {
         return Ok(Some((first, position)));
     }
-    let mut joined = vec![first];
     let mut last = position;
-    let mut rows = joined[0].num_rows();
+    let (mut rows, mut bytes) = (first.num_rows(), buffer_bytes(&first));
+    let mut joined = vec![first];
     while rows < JOINED_ROWS {
-        match reader.next(not_before.saturating_duration_since(Instant::now()))? {
-            Some((batch, position)) if batch.num_rows() > 0 && fingerprint(&batch) == fingerprint(&joined[0]) => {
-                rows += batch.num_rows();
-                last = position;
-                joined.push(batch);
-            }
-            Some(other) => {
-                *held = Some(other);
-                break;
-            }
-            None => break,
+        if held.is_empty() {
+            held.extend(reader.next(not_before.saturating_duration_since(Instant::now()))?);
         }
+        let Some((batch, position)) = held.front() else { break };
+        let size = buffer_bytes(batch);
+        let joins = batch.num_rows() > 0 && fingerprint(batch) == fingerprint(&joined[0]);
+        if !joins || rows + batch.num_rows() > JOINED_ROWS || bytes + size > MESSAGE_BYTES {
+            break;
+        }
+        rows += batch.num_rows();
+        bytes += size;
+        last = *position;
+        joined.extend(held.pop_front().map(|(batch, _)| batch));
     }
     if joined.len() == 1 {
         return Ok(joined.pop().map(|batch| (batch, last)));
@@ -435,7 +479,7 @@ fn next_joined(
 fn pump(reader: &Pumped, sender: &tokio::sync::mpsc::Sender<Result<FlightData, Status>>) {
     let options = IpcWriteOptions::default();
     let mut stream_schema: Option<Option<String>> = None;
-    let mut held = None;
+    let mut held = VecDeque::new();
     let mut sent = Instant::now();
     loop {
         if sender.is_closed() {
