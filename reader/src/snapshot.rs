@@ -226,6 +226,12 @@ pub fn reconcile(
         })
         .collect::<Result<Vec<ArrayRef>, ArrowError>>()?;
     let window: Vec<&RecordBatch> = window.iter().filter(|b| b.schema().fields() == schema.fields()).collect();
+    if window.is_empty() {
+        // Nothing changed the table between the watermarks (the common
+        // case, and every chunk of a quiet table): the chunk's rows as they
+        // are, without matching keys.
+        return as_read(schema, chunk, &table_columns, chunk_columns, &[], None, at);
+    }
     let key_of = |name: &String| {
         table_columns
             .iter()
@@ -310,7 +316,23 @@ pub fn reconcile(
     }
 
     let kept: Vec<&Version> = versions.iter().flatten().collect();
-    let rows = kept.len();
+    as_read(schema, chunk, &table_columns, chunk_columns, &window, Some(&kept), at)
+}
+
+/// The batch of `r` rows of `schema` at watermark `at` whose table
+/// columns (at `table_columns` of the schema) take each `kept` version's
+/// values from the chunk's columns or the window's batches (None: the
+/// chunk's rows, all of them, in order).
+fn as_read(
+    schema: &SchemaRef,
+    chunk: &RecordBatch,
+    table_columns: &[usize],
+    chunk_columns: Vec<ArrayRef>,
+    window: &[&RecordBatch],
+    kept: Option<&[&Version]>,
+    at: Watermark,
+) -> Result<RecordBatch, ArrowError> {
+    let rows = kept.map_or(chunk.num_rows(), <[_]>::len);
     let name_dictionary = |key: &str| -> Result<ArrayRef, ArrowError> {
         let name = schema.metadata().get(key).cloned().unwrap_or_default();
         Ok(Arc::new(DictionaryArray::<Int8Type>::try_new(
@@ -343,15 +365,23 @@ pub fn reconcile(
                     Some(c) if c.data_type() == field.data_type() => c.clone(),
                     _ => arrow_array::new_null_array(field.data_type(), chunk.num_rows()),
                 }];
-                arrays.extend(window.iter().map(|b| b.column(i).clone()));
-                pick(&arrays, kept.iter().map(|v| v.last))?
+                match kept {
+                    Some(kept) => {
+                        arrays.extend(window.iter().map(|b| b.column(i).clone()));
+                        pick(&arrays, kept.iter().map(|v| v.last))?
+                    }
+                    None => arrays.swap_remove(0),
+                }
             }
             _ => match table_columns.iter().position(|c| *c == i) {
-                Some(c) => {
-                    let mut arrays = vec![chunk_columns[c].clone()];
-                    arrays.extend(window.iter().map(|b| b.column(i).clone()));
-                    pick(&arrays, kept.iter().map(|v| v.columns[c]))?
-                }
+                Some(c) => match kept {
+                    Some(kept) => {
+                        let mut arrays = vec![chunk_columns[c].clone()];
+                        arrays.extend(window.iter().map(|b| b.column(i).clone()));
+                        pick(&arrays, kept.iter().map(|v| v.columns[c]))?
+                    }
+                    None => chunk_columns[c].clone(),
+                },
                 // Snapshot rows are whole: no old image, no TOASTed column
                 // left out.
                 None => arrow_array::new_null_array(field.data_type(), rows),
@@ -504,6 +534,18 @@ mod tests {
         assert_eq!((u64s(contract::LSN), u64s(contract::COMMIT_LSN)), (vec![900, 900], vec![950, 950]));
         assert!(merged.column_by_name(contract::BEFORE).unwrap().is_null(0));
         assert!(merged.column_by_name(contract::UNCHANGED).unwrap().is_null(1));
+    }
+
+    #[test]
+    fn a_chunk_without_changes_around_it_is_sent_as_read() {
+        let chunk = changes(&[("r", 1, Some("one"), None, &[]), ("r", 2, None, None, &[])]);
+        let key = ["id".to_owned()];
+        let quiet = reconcile(&chunk.schema(), &chunk, &[], &key, AT).unwrap();
+        // The same as when the window changed only keys outside the chunk.
+        let elsewhere = [changes(&[("c", 9, Some("nine"), None, &[])])];
+        let matched = reconcile(&chunk.schema(), &chunk, &elsewhere, &key, AT).unwrap();
+        assert_eq!(quiet, matched);
+        assert_eq!(rows(&quiet), [("r".to_owned(), 1, Some("one".to_owned())), ("r".to_owned(), 2, None)]);
     }
 
     #[test]

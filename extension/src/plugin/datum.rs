@@ -62,6 +62,25 @@ pub unsafe fn read<'a>(plan: &ColumnPlan, datum: pg_sys::Datum) -> Read<'a> {
     }
 }
 
+/// The datum, with a value PostgreSQL keeps in the TOAST table fetched
+/// whole into the current memory context: what a snapshot reads (decoding
+/// never fetches; see [`read`]).
+///
+/// # Safety
+/// `datum` must be a valid, non-null datum of the column `plan` describes,
+/// inside a transaction that may read the table's TOAST table.
+pub unsafe fn fetched(plan: &ColumnPlan, datum: pg_sys::Datum) -> pg_sys::Datum {
+    // SAFETY: forwarded from the caller; detoast_attr returns a palloc'd
+    // plain varlena.
+    unsafe {
+        if plan.typlen == -1 && is_ondisk_toast(datum) {
+            pg_sys::Datum::from(pg_sys::detoast_attr(datum.cast_mut_ptr()))
+        } else {
+            datum
+        }
+    }
+}
+
 /// The text of a datum through the column's output function, for values a
 /// typed column refused. Never called on unchanged TOAST pointers.
 ///

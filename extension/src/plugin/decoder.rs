@@ -673,12 +673,32 @@ pub(crate) unsafe fn fill(
         }
         pg_sys::heap_deform_tuple(heap_tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
     }
+    // SAFETY: the deformed datums of the tuple's columns.
+    unsafe {
+        fill_datums(row, image, plan, |i| {
+            let at = plan.columns[i].attidx;
+            (!nulls[at]).then(|| values[at])
+        });
+    }
+}
+
+/// Writes one row image from the datum of each of the plan's columns
+/// (`datum(i)` of its `i`-th column, None for null).
+///
+/// # Safety
+/// Each datum must be a valid datum of its column's type that lives until
+/// the row is finished.
+pub(crate) unsafe fn fill_datums(
+    row: &mut Row<'_>,
+    image: Image,
+    plan: &RelationPlan,
+    datum: impl Fn(usize) -> Option<pg_sys::Datum>,
+) {
     for (i, column) in plan.columns.iter().enumerate() {
-        if nulls[column.attidx] {
+        let Some(datum) = datum(i) else {
             row.null(image, i);
             continue;
-        }
-        let datum = values[column.attidx];
+        };
         // SAFETY: the datum belongs to this column and lives in the tuple
         // or the change context until the row is finished.
         let pushed = match unsafe { datum::read(column, datum) } {

@@ -12,7 +12,8 @@ mod watermarks;
 
 use crate::report::OrReport;
 pub(crate) use catalog::RelationPlan;
-pub(crate) use decoder::fill;
+pub(crate) use datum::fetched;
+pub(crate) use decoder::fill_datums;
 use decoder::Decoder;
 pub use decoder::{current_message, Message};
 use error::PluginError;

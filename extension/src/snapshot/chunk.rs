@@ -3,17 +3,19 @@
 //! relation plan, the same datum reading), so that every type maps exactly
 //! as in the stream.
 //!
-//! Rows are read as whole-row values (`SELECT r FROM … r`): a whole-row
-//! value is a tuple of the table's row type with every TOASTed value
-//! inlined, so snapshot rows are always whole.
+//! Rows are encoded as the executor produces them (a `DestReceiver`, no
+//! result table), from the scan's own datums; values PostgreSQL keeps in
+//! the TOAST table are fetched, so snapshot rows are always whole. (Read
+//! as whole-row values into SPI's result table, each row was copied three
+//! times before it was encoded: a third of the snapshot workers' time.)
 
 use super::error::SnapshotError;
-use crate::plugin::{fill, RelationPlan};
+use crate::plugin::{fetched, fill_datums, RelationPlan};
 use arrow_array::RecordBatch;
 use pgcdc_encode::batch::{ChangeBatchBuilder, ChangeSchema, Image, RowMeta};
 use pgcdc_reader::contract::Op;
-use pgrx::pg_sys;
 use pgrx::spi::{quote_identifier, quote_qualified_identifier};
+use pgrx::{pg_guard, pg_sys};
 use std::ffi::{CStr, CString};
 use std::sync::Arc;
 
@@ -81,10 +83,10 @@ pub fn read_chunk(
 ) -> Result<Chunk, SnapshotError> {
     with_relation(relid, |relation, plan| {
         let table = quote_qualified_identifier(&plan.spec.schema, &plan.spec.table);
-        let sql = chunk_query(&table, &row_alias(plan), relation, key, after.is_some(), upto.is_some(), limit);
+        let sql = chunk_query(&table, plan, relation, key, after.is_some(), upto.is_some(), limit);
         let params: Vec<&str> = after.into_iter().chain(upto).flatten().map(String::as_str).collect();
         // SAFETY: the relation stays open for the call.
-        unsafe { run_chunk_query(relation, plan, &table, &sql, &params, key.columns.len(), limit) }
+        unsafe { run_chunk_query(plan, &table, &sql, &params, key.columns.len()) }
     })
 }
 
@@ -109,21 +111,13 @@ fn with_relation<T>(
     }
 }
 
-/// An alias for the table that no column of it has: a table's alias names
-/// its whole row only where no column takes the name.
-pub fn row_alias(plan: &RelationPlan) -> String {
-    (0..)
-        .map(|i| if i == 0 { "r".to_owned() } else { format!("r{i}") })
-        .find(|alias| plan.spec.columns.iter().all(|c| c.name != *alias))
-        .expect("some alias is free")
-}
-
-/// `SELECT t, key::text… FROM [ONLY] table t [WHERE (key…) > ($1…) AND
-/// (key…) <= ($n…)] ORDER BY key… LIMIT n` (`t`: `alias`), the parameters
-/// cast from text to the key columns' types.
+/// `SELECT t.c1, …, t.cn, t.k1::text, … FROM [ONLY] table t [WHERE (k…)
+/// > ($1…) AND (k…) <= ($n…)] ORDER BY k… LIMIT n`: the plan's columns in
+/// its order, then the key's text (where the next chunk starts); the
+/// parameters cast from text to the key columns' types.
 fn chunk_query(
     table: &str,
-    alias: &str,
+    plan: &RelationPlan,
     relation: pg_sys::Relation,
     key: &Key,
     after: bool,
@@ -132,14 +126,16 @@ fn chunk_query(
 ) -> String {
     // SAFETY: the relation is open; its pg_class row stays valid.
     let partitioned = unsafe { (*(*relation).rd_rel).relkind as u8 == pg_sys::RELKIND_PARTITIONED_TABLE };
-    let columns: Vec<String> = key.columns.iter().map(|k| format!("{alias}.{}", quote_identifier(k))).collect();
-    let list = columns.join(", ");
-    let texts: String = columns.iter().map(|c| format!(", {c}::text")).collect();
+    let column = |name: &str| format!("t.{}", quote_identifier(name));
+    let keys: Vec<String> = key.columns.iter().map(|k| column(k)).collect();
+    let list = keys.join(", ");
+    let selected: Vec<String> =
+        plan.spec.columns.iter().map(|c| column(&c.name)).chain(keys.iter().map(|k| format!("{k}::text"))).collect();
     // A partitioned table is read with its partitions (its changes are
     // published through it); any other table without its inheritance
     // children, which are tables of their own.
     let only = if partitioned { "" } else { "ONLY " };
-    let mut sql = format!("SELECT {alias}{texts} FROM {only}{table} {alias}");
+    let mut sql = format!("SELECT {} FROM {only}{table} t", selected.join(", "));
     let params = |from: usize| -> String {
         key.types.iter().enumerate().map(|(i, t)| format!("${}::{t}", from + i + 1)).collect::<Vec<_>>().join(", ")
     };
@@ -157,119 +153,132 @@ fn chunk_query(
     sql
 }
 
-/// Runs the chunk query and encodes its rows.
+/// What the executor's rows are encoded into, one at a time, as it
+/// produces them: no result table is kept.
+struct Receiving<'a> {
+    plan: &'a RelationPlan,
+    batch: ChangeBatchBuilder,
+    keys: usize,
+    /// The key's text of the last row.
+    last_key: Vec<String>,
+    /// Reset after every row: detoasted values and output-function text.
+    row_context: pg_sys::MemoryContext,
+}
+
+/// A `DestReceiver` that hands each row to its [`Receiving`].
+#[repr(C)]
+struct Receiver<'a> {
+    /// First, so that PostgreSQL's pointer to it is one to the receiver.
+    base: pg_sys::DestReceiver,
+    receiving: *mut Receiving<'a>,
+}
+
+/// Runs the chunk query, encoding its rows as the executor produces them.
 ///
 /// # Safety
-/// `relation` must be open (and `plan` its description), inside a
+/// `plan` must describe the open relation the query reads, inside a
 /// transaction.
 unsafe fn run_chunk_query(
-    relation: pg_sys::Relation,
     plan: &RelationPlan,
     table: &str,
     sql: &str,
     params: &[&str],
     keys: usize,
-    limit: usize,
 ) -> Result<Chunk, SnapshotError> {
     let nul = |_| SnapshotError::Read { table: table.to_owned(), why: "a name or key with a NUL byte".into() };
     let sql = CString::new(sql).map_err(nul)?;
     let params: Vec<CString> = params.iter().map(|p| CString::new(*p)).collect::<Result<_, _>>().map_err(nul)?;
+    let batch = ChangeBatchBuilder::new(Arc::new(ChangeSchema::new(plan.spec.clone(), false)));
     // SAFETY: SPI is connected here and finished below, also on error (an
-    // ERROR raised inside aborts the transaction, which cleans SPI up);
-    // text parameters are the text datums cstring_to_text makes; the
-    // result table is read before SPI_finish frees it.
+    // ERROR raised inside aborts the transaction, which cleans SPI up, and
+    // the row context with it); the parameter list holds text datums
+    // cstring_to_text makes; the receiver and its state outlive the query.
     unsafe {
         pg_sys::SPI_connect();
-        let mut types: Vec<pg_sys::Oid> = params.iter().map(|_| pg_sys::TEXTOID).collect();
-        let mut values: Vec<pg_sys::Datum> =
-            params.iter().map(|p| pg_sys::Datum::from(pg_sys::cstring_to_text(p.as_ptr()))).collect();
-        let code = pg_sys::SPI_execute_with_args(
-            sql.as_ptr(),
-            i32::try_from(params.len()).unwrap_or(0),
-            types.as_mut_ptr(),
-            values.as_mut_ptr(),
-            std::ptr::null(),
-            false,
-            i64::try_from(limit).unwrap_or(i64::MAX),
+        let count = i32::try_from(params.len()).unwrap_or(0);
+        let list = pg_sys::makeParamList(count);
+        (*list).numParams = count;
+        for (slot, param) in (*list).params.as_mut_slice(params.len()).iter_mut().zip(&params) {
+            *slot = pg_sys::ParamExternData {
+                value: pg_sys::Datum::from(pg_sys::cstring_to_text(param.as_ptr())),
+                isnull: false,
+                pflags: pg_sys::PARAM_FLAG_CONST as u16,
+                ptype: pg_sys::TEXTOID,
+            };
+        }
+        let row_context = pg_sys::AllocSetContextCreateInternal(
+            pg_sys::CurrentMemoryContext,
+            c"pgcdc snapshot row".as_ptr(),
+            0,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
         );
+        let mut receiving = Receiving { plan, batch, keys, last_key: Vec::new(), row_context };
+        let mut receiver = Receiver {
+            base: pg_sys::DestReceiver {
+                receiveSlot: Some(receive),
+                rStartup: Some(startup),
+                rShutdown: Some(nothing),
+                rDestroy: Some(nothing),
+                // Not DestNone (SPI would call the query a utility) nor
+                // DestSPI (SPI would look for its result table).
+                mydest: pg_sys::CommandDest::DestTuplestore,
+            },
+            receiving: &mut receiving,
+        };
+        let options = pg_sys::SPIExecuteOptions { params: list, dest: &mut receiver.base, ..Default::default() };
+        let code = pg_sys::SPI_execute_extended(sql.as_ptr(), &options);
+        pg_sys::SPI_finish();
         if code != pg_sys::SPI_OK_SELECT as i32 {
-            pg_sys::SPI_finish();
             return Err(SnapshotError::Read { table: table.to_owned(), why: format!("SPI code {code}") });
         }
-        let result = pg_sys::SPI_tuptable;
-        let count = usize::try_from(pg_sys::SPI_processed).unwrap_or(0);
-        let tuples = if count == 0 { &[][..] } else { std::slice::from_raw_parts((*result).vals, count) };
-        let chunk = encode(relation, plan, table, (*result).tupdesc, tuples, keys);
-        pg_sys::SPI_finish();
-        chunk
-    }
-}
-
-/// Encodes the result rows (a whole-row value, then the key's text) as `r`
-/// rows.
-///
-/// # Safety
-/// `tuples` must be rows of `result`'s shape, `relation` open and `plan`
-/// its description.
-unsafe fn encode(
-    relation: pg_sys::Relation,
-    plan: &RelationPlan,
-    table: &str,
-    result: pg_sys::TupleDesc,
-    tuples: &[pg_sys::HeapTuple],
-    keys: usize,
-) -> Result<Chunk, SnapshotError> {
-    let schema = Arc::new(ChangeSchema::new(plan.spec.clone(), false));
-    let mut batch = ChangeBatchBuilder::new(schema);
-    let natts = plan.natts;
-    let (mut values, mut nulls) = (vec![pg_sys::Datum::null(); natts], vec![true; natts]);
-    let meta = RowMeta { op: Op::Read, lsn: 0, commit_lsn: 0, xid: 0, commit_time: 0 };
-    // SAFETY: each row's first column is a composite datum of the
-    // relation's row type (a whole-row value, flattened: nothing TOASTed
-    // out of line), deformed with the relation's descriptor; the key texts
-    // are read with SPI_getvalue.
-    unsafe {
-        let desc = (*relation).rd_att;
-        for &tuple in tuples {
-            let mut is_null = true;
-            let whole = pg_sys::SPI_getbinval(tuple, result, 1, &mut is_null);
-            if is_null {
-                continue;
-            }
-            let header = pg_sys::pg_detoast_datum(whole.cast_mut_ptr()).cast::<pg_sys::HeapTupleHeaderData>();
-            let mut row_tuple = pg_sys::HeapTupleData {
-                t_len: varsize(header.cast()),
-                t_self: pg_sys::ItemPointerData::default(),
-                t_tableOid: (*relation).rd_id,
-                t_data: header,
-            };
-            let mut row = batch.row(meta);
-            fill(&mut row, Image::New, &mut row_tuple, desc, None, plan, &mut values, &mut nulls);
-            row.finish();
-        }
-        let last_key = tuples.last().map(|&tuple| {
-            (0..keys)
-                .map(|k| {
-                    let text = pg_sys::SPI_getvalue(tuple, result, i32::try_from(k + 2).unwrap_or(0));
-                    if text.is_null() {
-                        String::new()
-                    } else {
-                        CStr::from_ptr(text).to_string_lossy().into_owned()
-                    }
-                })
-                .collect()
-        });
-        let batch = batch.finish().map_err(|e| SnapshotError::Read { table: table.to_owned(), why: e.to_string() })?;
+        let last_key = (!receiving.batch.is_empty()).then_some(receiving.last_key);
+        let batch = receiving
+            .batch
+            .finish()
+            .map_err(|e| SnapshotError::Read { table: table.to_owned(), why: e.to_string() })?;
         Ok(Chunk { batch, last_key })
     }
 }
 
-/// The length of a varlena with a 4-byte header.
-///
-/// # Safety
-/// `ptr` must point at a detoasted varlena.
-unsafe fn varsize(ptr: *const u8) -> u32 {
-    // SAFETY: a detoasted varlena starts with its 4-byte length word, the
-    // length in its upper 30 bits (little-endian: shifted right by two).
-    unsafe { u32::from_le_bytes(std::ptr::read_unaligned(ptr.cast::<[u8; 4]>())) >> 2 }
+#[pg_guard]
+unsafe extern "C-unwind" fn startup(_receiver: *mut pg_sys::DestReceiver, _operation: i32, _desc: pg_sys::TupleDesc) {}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn nothing(_receiver: *mut pg_sys::DestReceiver) {}
+
+/// Encodes one row of the chunk query (the plan's columns, then the key's
+/// text) as an `r` row.
+#[pg_guard]
+unsafe extern "C-unwind" fn receive(slot: *mut pg_sys::TupleTableSlot, receiver: *mut pg_sys::DestReceiver) -> bool {
+    // SAFETY: the receiver is the `Receiver` run_chunk_query made, whose
+    // state lives until the query ends; the slot holds a row of the chunk
+    // query, whose first columns are the plan's and whose datums live until
+    // the next row; values PostgreSQL keeps in the TOAST table are fetched
+    // whole (a snapshot reads every value), in the row context.
+    unsafe {
+        let receiving = &mut *(*receiver.cast::<Receiver>()).receiving;
+        pg_sys::slot_getallattrs(slot);
+        let columns = receiving.plan.columns.len();
+        let values = std::slice::from_raw_parts((*slot).tts_values, columns + receiving.keys);
+        let nulls = std::slice::from_raw_parts((*slot).tts_isnull, columns + receiving.keys);
+        let outer = pg_sys::MemoryContextSwitchTo(receiving.row_context);
+        let plan = receiving.plan;
+        let meta = RowMeta { op: Op::Read, lsn: 0, commit_lsn: 0, xid: 0, commit_time: 0 };
+        let mut row = receiving.batch.row(meta);
+        fill_datums(&mut row, Image::New, plan, |i| (!nulls[i]).then(|| fetched(&plan.columns[i], values[i])));
+        row.finish();
+        receiving.last_key.resize(receiving.keys, String::new());
+        for (k, text) in receiving.last_key.iter_mut().enumerate() {
+            text.clear();
+            if !nulls[columns + k] {
+                text.push_str(
+                    &CStr::from_ptr(pg_sys::text_to_cstring(values[columns + k].cast_mut_ptr())).to_string_lossy(),
+                );
+            }
+        }
+        pg_sys::MemoryContextSwitchTo(outer);
+        pg_sys::MemoryContextReset(receiving.row_context);
+        true
+    }
 }
