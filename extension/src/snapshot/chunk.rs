@@ -111,10 +111,10 @@ fn with_relation<T>(
     }
 }
 
-/// `SELECT t.c1, …, t.cn, t.k1::text, … FROM [ONLY] table t [WHERE (k…)
-/// > ($1…) AND (k…) <= ($n…)] ORDER BY k… LIMIT n`: the plan's columns in
-/// its order, then the key's text (where the next chunk starts); the
-/// parameters cast from text to the key columns' types.
+/// `SELECT t.c1, …, t.cn, t.k1::text, … FROM [ONLY] table t
+/// [WHERE (k…) > ($1…) AND (k…) <= ($n…)] ORDER BY k… LIMIT n`: the
+/// plan's columns in its order, then the key's text (where the next chunk
+/// starts); the parameters cast from text to the key columns' types.
 fn chunk_query(
     table: &str,
     plan: &RelationPlan,
