@@ -2,7 +2,11 @@
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 CARGO_TARGET_DIR ?= $(CURDIR)/target
 PGCDC_VENV ?= $(CARGO_TARGET_DIR)/venv
-export PG_CONFIG CARGO_TARGET_DIR PGCDC_VENV
+# The other PostgreSQL majors `make test` also runs the end-to-end tests on
+# (its setup installs them under PGCDC_PG_ROOT); `PG_MAJORS=` for none.
+PG_MAJORS ?= 16 17 18
+PGCDC_PG_ROOT ?= $(CARGO_TARGET_DIR)/postgresql
+export PG_CONFIG CARGO_TARGET_DIR PGCDC_VENV PGCDC_PG_ROOT
 PGCDC_PYTHON := $(PGCDC_VENV)/bin/python
 export PGCDC_PYTHON
 
@@ -14,9 +18,16 @@ setup:
 install: setup
 	scripts/install.sh
 
-## every test: pure unit tests, then end-to-end tests against private clusters
-test: install
+## every test: pure unit tests, then end-to-end tests against private clusters,
+## then the end-to-end tests again on each other major of PG_MAJORS
+test:
+	PG_MAJORS="$(PG_MAJORS)" scripts/setup.sh
+	PG_MAJORS="$(PG_MAJORS)" scripts/install.sh
 	cargo test --workspace --locked
+	for major in $(PG_MAJORS); do \
+	    echo "make test: the end-to-end tests on PostgreSQL $$major"; \
+	    PG_CONFIG=$(PGCDC_PG_ROOT)/$$major/bin/pg_config cargo test --locked -p pg_test || exit 1; \
+	done
 
 demo: install
 	cargo build --quiet --locked -p pgcdc-reader --features cli --bin pgcdc

@@ -7,6 +7,7 @@
 //! `pgcdc-reader`.
 
 mod gucs;
+mod majors;
 mod pgtype;
 mod plugin;
 mod report;

@@ -75,7 +75,7 @@ impl RelationPlan {
             let mut columns = Vec::with_capacity(natts);
             let mut partition_key = Vec::new();
             for attidx in 0..natts {
-                let att = &*(*desc).attrs.as_ptr().add(attidx);
+                let att = crate::majors::attribute(desc, attidx);
                 if att.attisdropped {
                     continue;
                 }

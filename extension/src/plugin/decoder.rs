@@ -227,10 +227,11 @@ impl Decoder {
                 return;
             }
             let tp = (*change).data.tp;
+            let (new, old) = (crate::majors::change_tuple(tp.newtuple), crate::majors::change_tuple(tp.oldtuple));
             let (new, old) = match op {
-                Op::Insert => (tp.newtuple, std::ptr::null_mut()),
-                Op::Update => (tp.newtuple, tp.oldtuple),
-                _ => (tp.oldtuple, tp.oldtuple),
+                Op::Insert => (new, std::ptr::null_mut()),
+                Op::Update => (new, old),
+                _ => (old, old),
             };
             let target_oid = source.target;
             let include_before = self.options.include_before;
@@ -245,9 +246,8 @@ impl Decoder {
             let target = self.targets.get_mut(&target_oid).expect("source() prepared the target");
             let guard = ContextGuard::enter(self.change_context);
             let mut row = target.batch.row(meta);
-            let mut image = |image, tuple: *mut pg_sys::ReorderBufferTupleBuf| {
-                let heap_tuple = if tuple.is_null() { std::ptr::null_mut() } else { &raw mut (*tuple).tuple };
-                fill(&mut row, image, heap_tuple, desc, conversion, &target.plan, &mut target.values, &mut target.nulls)
+            let mut image = |image, tuple: pg_sys::HeapTuple| {
+                fill(&mut row, image, tuple, desc, conversion, &target.plan, &mut target.values, &mut target.nulls)
             };
             image(Image::New, new);
             if include_before && !old.is_null() {

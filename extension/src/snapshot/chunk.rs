@@ -55,7 +55,7 @@ pub fn table_key(relid: u32) -> Result<(String, Key), SnapshotError> {
                 .partition_key
                 .iter()
                 .map(|i| {
-                    let att = &*(*desc).attrs.as_ptr().add(plan.columns[*i].attidx);
+                    let att = crate::majors::attribute(desc, plan.columns[*i].attidx);
                     CStr::from_ptr(pg_sys::format_type_with_typemod(att.atttypid, att.atttypmod))
                         .to_string_lossy()
                         .into_owned()

@@ -49,7 +49,7 @@ impl Session {
         // PostgreSQL is either palloc'd by it or lives as long as the
         // session (the sink).
         unsafe {
-            pg_sys::ReplicationSlotAcquire(slot.as_ptr(), true);
+            crate::majors::acquire_slot(slot.as_ptr());
             let mut list: *mut pg_sys::List = std::ptr::null_mut();
             for (name, value) in options {
                 let name = pg_sys::pstrdup(CString::new(*name).expect("no NUL").as_ptr());
