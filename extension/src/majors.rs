@@ -61,3 +61,13 @@ pub unsafe fn acquire_slot(name: *const std::ffi::c_char) {
         pg_sys::ReplicationSlotAcquire(name, true, true);
     }
 }
+
+/// Ends the process as a backend does. PostgreSQL 18's headers no longer
+/// tell bindgen that `proc_exit` does not return.
+#[allow(unreachable_code)] // up to 17, after the call
+pub fn proc_exit(code: i32) -> ! {
+    // SAFETY: runs the process's exit callbacks (releasing its slot and
+    // locks) and exits; called from the process's main thread.
+    unsafe { pg_sys::proc_exit(code) };
+    unreachable!("proc_exit returned")
+}

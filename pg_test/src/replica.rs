@@ -24,9 +24,10 @@ use std::time::{Duration, Instant};
 pub struct Replica {
     key: Vec<String>,
     rows: HashMap<String, Vec<String>>,
-    /// `r` rows applied, and batches that completed a snapshot.
+    /// `r` rows applied, batches that completed a snapshot, and `t` rows.
     pub reads: usize,
     pub completions: usize,
+    pub truncates: usize,
 }
 
 impl Replica {
@@ -58,6 +59,7 @@ impl Replica {
         for row in 0..batch.num_rows() {
             let op = codes.value(ops.keys().value(row) as usize);
             if op == "t" {
+                self.truncates += 1;
                 self.rows.clear();
                 continue;
             }

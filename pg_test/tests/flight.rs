@@ -390,12 +390,12 @@ pieces = []
 while sum(len(ids) for ids, _ in pieces) < 3001:
     chunk = reader.read_chunk()
     pieces.append((chunk.data.column("id").to_pylist(), meta(chunk)["position"]))
-reader.cancel()
 print("messages", len(pieces))
 print("ids", [i for ids, _ in pieces for i in ids] == list(range(1, 3001)) + [5000])
 # Acknowledged up to the first piece: a stream without after= starts
 # right after it; one after= the second piece, right after that.
 list(client.do_action(flight.Action("ack", (route + "\nposition=" + pieces[0][1]).encode()), options))
+reader.cancel()
 again = client.do_get(flight.Ticket(route.encode()), options).read_chunk()
 print("after ack", again.data.column("id")[0].as_py() == pieces[1][0][0])
 resumed = client.do_get(flight.Ticket((route + "\nafter=" + pieces[1][1]).encode()), options).read_chunk()

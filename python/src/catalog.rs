@@ -98,6 +98,9 @@ fn status<'py>(py: Python<'py>, conninfo: &str) -> PyResult<Vec<Bound<'py, PyDic
             d.set_item("ring_path", r.ring_path)?;
             d.set_item("worker_pid", r.worker_pid)?;
             d.set_item("slot_lag_bytes", r.slot_lag_bytes)?;
+            d.set_item("slot_wal_status", r.slot_wal_status)?;
+            d.set_item("slot_safe_wal_bytes", r.slot_safe_wal_bytes)?;
+            d.set_item("problem", r.problem)?;
             d.set_item("lag_seconds", r.lag_seconds)?;
             d.set_item("ring_fill_bytes", r.ring_fill_bytes)?;
             d.set_item("ring_capacity_bytes", r.ring_capacity_bytes)?;

@@ -235,7 +235,8 @@ pub fn status(conninfo: &str) -> Result<Vec<RouteStatus>, ClientError> {
     let rows = client.query(
         "SELECT slot_name, route, ring_path, worker_pid, slot_lag_bytes, lag_seconds, ring_fill_bytes,
                 ring_capacity_bytes, consumers, changes_per_second, snapshot_state, snapshot_rows_done,
-                snapshot_rows_estimated, snapshot_chunks_done, snapshot_rows_per_second, snapshot_eta_seconds
+                snapshot_rows_estimated, snapshot_chunks_done, snapshot_rows_per_second, snapshot_eta_seconds,
+                slot_wal_status, slot_safe_wal_bytes, problem
          FROM cdc_status()",
         &[],
     )?;
@@ -247,6 +248,9 @@ pub fn status(conninfo: &str) -> Result<Vec<RouteStatus>, ClientError> {
             ring_path: r.get(2),
             worker_pid: r.get(3),
             slot_lag_bytes: r.get(4),
+            slot_wal_status: r.get(16),
+            slot_safe_wal_bytes: r.get(17),
+            problem: r.get(18),
             lag_seconds: r.get(5),
             ring_fill_bytes: r.get(6),
             ring_capacity_bytes: r.get(7),

@@ -61,14 +61,19 @@ pub enum MarkerKind {
     Done,
     /// The snapshot was cancelled: forget its open chunks.
     Cancel,
+    /// The stream lost changes of the table (its slot was made again): its
+    /// route gets a `t` row here, and the snapshot that follows delivers
+    /// the table's rows again.
+    Reset,
 }
 
 impl MarkerKind {
-    const NAMES: [(MarkerKind, &'static str); 4] = [
+    const NAMES: [(MarkerKind, &'static str); 5] = [
         (MarkerKind::Low, "low"),
         (MarkerKind::High, "high"),
         (MarkerKind::Done, "done"),
         (MarkerKind::Cancel, "cancel"),
+        (MarkerKind::Reset, "reset"),
     ];
 
     fn name(self) -> &'static str {
@@ -92,8 +97,8 @@ pub struct Marker {
     pub token: u64,
     /// The table, as the stream routes it (a partitioned table's root).
     pub relid: u32,
-    /// Which key range of the table, and which chunk of it (0 for `Done`
-    /// and `Cancel`).
+    /// Which key range of the table, and which chunk of it (0 for `Done`,
+    /// `Cancel` and `Reset`).
     pub range: u32,
     pub chunk: u64,
 }

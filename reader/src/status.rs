@@ -10,6 +10,15 @@ pub struct RouteStatus {
     pub worker_pid: Option<i32>,
     /// WAL the slot retains: from its confirmed position to the current end.
     pub slot_lag_bytes: Option<i64>,
+    /// The slot's `wal_status`: `reserved`, `extended` (retained beyond
+    /// max_wal_size), `unreserved` (about to be invalidated) or `lost`.
+    pub slot_wal_status: Option<String>,
+    /// WAL that may still be written before the slot is invalidated
+    /// (`safe_wal_size`; None without max_slot_wal_keep_size).
+    pub slot_safe_wal_bytes: Option<i64>,
+    /// Why the stream cannot go on and what to do (an invalidated or
+    /// missing slot); None while it can.
+    pub problem: Option<String>,
     /// How long the oldest unacknowledged change has waited in the ring.
     pub lag_seconds: f64,
     pub ring_fill_bytes: i64,

@@ -344,6 +344,7 @@ impl Decoder {
                     let path = if path == unsent && std::fs::rename(&unsent, &sent).is_ok() { sent } else { path };
                     self.watermarks_mut().deliver(meta.commit_lsn, vec![path]);
                 }
+                MarkerKind::Reset => self.reset(ctx, &marker, row_meta(Op::Truncate, lsn, txn)),
                 MarkerKind::Done | MarkerKind::Cancel => {
                     watermarks.end(&marker);
                     if marker.kind == MarkerKind::Done && !dir.join(failed_file_name(marker.snapshot)).exists() {
@@ -354,6 +355,22 @@ impl Decoder {
                 }
             }
         }
+    }
+
+    /// A `t` row on the routes of the reset table (if the stream still
+    /// publishes it): the stream lost changes of it, and a snapshot
+    /// follows.
+    unsafe fn reset(&mut self, ctx: *mut pg_sys::LogicalDecodingContext, marker: &Marker, meta: RowMeta) {
+        // SAFETY: forwarded from the caller.
+        let Some(oid) = (unsafe { self.snapshot_target(ctx, marker.relid) }) else { return };
+        // SAFETY: as for a decoded TRUNCATE.
+        unsafe { self.before_row(ctx, oid) };
+        let target = self.targets.get_mut(&oid).expect("snapshot_target prepared it");
+        let mut row = target.batch.row(meta);
+        (0..target.plan.columns.len()).for_each(|i| row.null(Image::New, i));
+        row.finish();
+        // SAFETY: as above.
+        unsafe { self.after_row(ctx, oid) };
     }
 
     fn watermarks_mut(&mut self) -> &mut Watermarks {

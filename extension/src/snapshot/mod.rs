@@ -117,7 +117,12 @@ pub struct Requested {
 ///
 /// A table without a key is recorded as failed at once, with a warning that
 /// says what to do.
-pub fn request(slot: &str, tables: &[(u32, String, String)]) -> Result<Vec<Requested>, SnapshotError> {
+///
+/// With `reset` (the stream lost changes: its slot was made again), each
+/// new snapshot starts with a `Reset` watermark, at which the table's route
+/// gets a `t` row: a consumer that applies its route in order drops its
+/// copy there and builds it again from the snapshot's rows.
+pub fn request(slot: &str, tables: &[(u32, String, String)], reset: bool) -> Result<Vec<Requested>, SnapshotError> {
     let mut requested = Vec::with_capacity(tables.len());
     for (relid, schema, table) in tables {
         // An empty table needs no key: there is nothing to read.
@@ -157,15 +162,21 @@ pub fn request(slot: &str, tables: &[(u32, String, String)]) -> Result<Vec<Reque
                 &[slot.into(), i64::from(*relid).into(), schema.as_str().into(), table.as_str().into()],
             )?;
             let snapshot = u64::try_from(snapshot.unwrap_or(0)).unwrap_or(0);
+            if reset {
+                emit_end(slot, snapshot, token(slot, snapshot)?, *relid, MarkerKind::Reset)?;
+            }
             emit_end(slot, snapshot, token(slot, snapshot)?, *relid, MarkerKind::Done)?;
             requested.push(Requested { snapshot, schema: schema.clone(), table: table.clone(), state: "done".into() });
             continue;
         }
-        Spi::run_with_args(
+        let made = first_or_none::<i64>(
             "INSERT INTO pgcdc.snapshots (slot_name, relid, schema_name, table_name) VALUES ($1, $2::int8::oid, $3, $4)
-             ON CONFLICT (slot_name, relid) WHERE state IN ('pending', 'running') DO NOTHING",
+             ON CONFLICT (slot_name, relid) WHERE state IN ('pending', 'running') DO NOTHING RETURNING snapshot_id",
             &[slot.into(), i64::from(*relid).into(), schema.as_str().into(), table.as_str().into()],
         )?;
+        if let (true, Some(made)) = (reset, made.and_then(|id| u64::try_from(id).ok())) {
+            emit_end(slot, made, token(slot, made)?, *relid, MarkerKind::Reset)?;
+        }
         let (snapshot, state) = Spi::get_two_with_args::<i64, String>(
             "SELECT snapshot_id, state FROM pgcdc.snapshots
              WHERE slot_name = $1 AND relid = $2::int8::oid AND state IN ('pending', 'running')",
@@ -233,8 +244,8 @@ pub fn in_progress(slot: &str, relid: u32) -> Result<Option<u64>, pgrx::spi::Err
     Ok(id.and_then(|id| u64::try_from(id).ok()))
 }
 
-/// The watermark that ends snapshot `snapshot` of table `relid` (done or
-/// cancelled), in the current transaction.
+/// The watermark of snapshot `snapshot` of table `relid` that is no
+/// chunk's (done, cancelled, reset), in the current transaction.
 fn emit_end(slot: &str, snapshot: u64, token: u64, relid: u32, kind: MarkerKind) -> Result<(), pgrx::spi::Error> {
     emit(&Marker { slot: slot.to_owned(), kind, snapshot, token, relid, range: 0, chunk: 0 })
 }

@@ -82,6 +82,31 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
             return Err(SqlError::ForeignSlot(request.slot.clone()));
         }
     }
+    // A stream whose slot was invalidated, or dropped outside pgcdc, gets a
+    // new one; what the old one had not streamed is gone from the WAL, so
+    // its tables are snapshotted again (below).
+    let invalidated: Option<String> = match slot_plugin {
+        Some(_) => lookup::optional(
+            &format!("SELECT {} FROM pg_replication_slots s WHERE slot_name = $1", worker::SLOT_INVALIDATED),
+            &[request.slot.as_str().into()],
+        )?,
+        None => None,
+    };
+    let recorded = lookup::optional::<bool>(
+        "SELECT true FROM pgcdc.streams WHERE slot_name = $1",
+        &[request.slot.as_str().into()],
+    )?
+    .is_some();
+    let renewed = match (&slot_plugin, invalidated) {
+        (Some(_), Some(why)) => {
+            stop_worker(&request.slot)?;
+            worker::drop_slot(&request.slot);
+            Some(format!("it was invalidated: {}", worker::invalidation_text(&why)))
+        }
+        (None, _) if recorded => Some("it was dropped outside pgcdc".to_owned()),
+        _ => None,
+    };
+    let slot_plugin = if renewed.is_some() { None } else { slot_plugin };
     let checks = config::checks(if slot_plugin.is_some() { 0 } else { 1 })?;
     if let Some(report) = config::report(&checks) {
         return Err(SqlError::NotConfigured(report));
@@ -166,14 +191,16 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })?;
     record(&request, &publication, &routes)?;
-    if request.snapshot {
+    if let Some(why) = &renewed {
+        renew_snapshots(&request, &tables, why)?;
+    } else if request.snapshot {
         let joining: Vec<(u32, String, String)> = tables
             .iter()
             .filter(|t| !known.contains(&i64::from(t.relid)))
             .map(|t| (t.relid, t.schema.clone(), t.name.clone()))
             .collect();
         if !joining.is_empty() {
-            snapshot::request(&request.slot, &joining)?;
+            snapshot::request(&request.slot, &joining, false)?;
         }
     }
     if let Some(consumer) = &request.consumer {
@@ -187,6 +214,42 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
     }
     ensure_worker(&database, &request.slot)?;
     Ok(routes)
+}
+
+/// After a stream's slot was made again: the snapshots the old one was
+/// taking are failed (their watermarks were in WAL the new one never
+/// reads), and every table is snapshotted again, since the changes the
+/// old slot had not streamed are gone.
+fn renew_snapshots(request: &Request, tables: &[Table], why: &str) -> Result<(), SqlError> {
+    let slot = request.slot.as_str();
+    let open: Vec<i64> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT snapshot_id FROM pgcdc.snapshots WHERE slot_name = $1 AND state IN ('pending', 'running')",
+                None,
+                &[slot.into()],
+            )?
+            .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+    })?;
+    for id in open {
+        snapshot::stop(slot, u64::try_from(id).unwrap_or(0), "failed", Some("the stream's slot was made again"))?;
+    }
+    if request.snapshot {
+        let all: Vec<(u32, String, String)> =
+            tables.iter().map(|t| (t.relid, t.schema.clone(), t.name.clone())).collect();
+        snapshot::request(slot, &all, true)?;
+        pgrx::warning!(
+            "pgcdc: stream \"{slot}\" had lost its replication slot ({why}); made a new one. Each table's route gets \
+             a `t` row (what a consumer had of the table is void), then the table's rows again as `r` rows"
+        );
+    } else {
+        pgrx::warning!(
+            "pgcdc: stream \"{slot}\" had lost its replication slot ({why}); made a new one. The changes the old \
+             one had not streamed are gone: SELECT cdc_snapshot('{slot}') delivers the tables' rows"
+        );
+    }
+    Ok(())
 }
 
 /// Everything the writes after the slot's creation need, checked before

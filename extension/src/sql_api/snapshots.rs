@@ -16,7 +16,7 @@ use pgrx::spi::Spi;
 pub fn request(slot: &str, patterns: Option<&[String]>) -> Result<Vec<Requested>, SqlError> {
     super::configure::require_catalog_access()?;
     let tables = stream_tables(slot, patterns)?;
-    Ok(snapshot::request(slot, &tables)?)
+    Ok(snapshot::request(slot, &tables, false)?)
 }
 
 /// Cancels the pending and running snapshots of the tables `patterns`

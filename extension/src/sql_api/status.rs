@@ -120,16 +120,48 @@ fn rings() -> Result<Vec<StreamRing>, SqlError> {
         .collect())
 }
 
-pub fn status() -> Result<Vec<RouteStatus>, SqlError> {
-    let lags: BTreeMap<String, Option<i64>> = Spi::connect(|client| {
+/// What `pg_replication_slots` says of a stream's slot.
+#[derive(Default)]
+struct SlotRow {
+    lag_bytes: Option<i64>,
+    wal_status: Option<String>,
+    safe_wal_bytes: Option<i64>,
+    /// Why the stream cannot go on, and what to do, when it cannot.
+    problem: Option<String>,
+}
+
+/// The slot of every stream.
+fn slots() -> Result<BTreeMap<String, SlotRow>, SqlError> {
+    Spi::connect(|client| {
         let rows = client.select(
-            "SELECT s.slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), r.confirmed_flush_lsn)::int8
-             FROM pgcdc.streams s LEFT JOIN pg_replication_slots r ON r.slot_name = s.slot_name",
+            &format!(
+                "SELECT st.slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::int8,
+                        s.wal_status, s.safe_wal_size::int8, {}, s.slot_name IS NULL
+                 FROM pgcdc.streams st LEFT JOIN pg_replication_slots s ON s.slot_name = st.slot_name",
+                worker::SLOT_INVALIDATED
+            ),
             None,
             &[],
         )?;
-        rows.map(|row| Ok((row.get(1)?.unwrap_or_default(), row.get(2)?))).collect::<Result<_, SqlError>>()
-    })?;
+        rows.map(|row| {
+            let slot: String = row.get(1)?.unwrap_or_default();
+            let problem = match (row.get::<String>(5)?, row.get::<bool>(6)?.unwrap_or(false)) {
+                (Some(why), _) => Some(worker::invalidated_remedy(&slot, &why)),
+                (None, true) => Some(format!(
+                    "replication slot \"{slot}\" is gone (dropped outside pgcdc). Run cdc_auto_configure for the stream \
+                     again: it makes a new slot and snapshots the stream's tables again"
+                )),
+                (None, false) => None,
+            };
+            let found = SlotRow { lag_bytes: row.get(2)?, wal_status: row.get(3)?, safe_wal_bytes: row.get(4)?, problem };
+            Ok((slot, found))
+        })
+        .collect::<Result<_, SqlError>>()
+    })
+}
+
+pub fn status() -> Result<Vec<RouteStatus>, SqlError> {
+    let slots = slots()?;
     // The latest snapshot of each table (they come newest first).
     let mut latest: BTreeMap<(String, String, String), SnapshotProgress> = BTreeMap::new();
     for s in super::snapshots::list(None)? {
@@ -149,11 +181,15 @@ pub fn status() -> Result<Vec<RouteStatus>, SqlError> {
         let snapshot = SnapshotProgress::combine(
             tables.into_iter().filter_map(|(schema, table)| latest.get(&(slot.clone(), schema, table)).cloned()),
         );
+        let found = slots.get(&slot);
         out.push(RouteStatus {
             snapshot,
             worker_pid: worker_pids(&slot)?.first().copied(),
             ring_path,
-            slot_lag_bytes: lags.get(&slot).copied().flatten(),
+            slot_lag_bytes: found.and_then(|s| s.lag_bytes),
+            slot_wal_status: found.and_then(|s| s.wal_status.clone()),
+            slot_safe_wal_bytes: found.and_then(|s| s.safe_wal_bytes),
+            problem: found.and_then(|s| s.problem.clone()),
             lag_seconds: ring.as_ref().map_or(0.0, |r| r.lag_ms(now) as f64 / 1000.0),
             ring_fill_bytes: ring.as_ref().map_or(0, |r| r.fill() as i64),
             ring_capacity_bytes: ring.as_ref().map_or(0, |r| r.capacity as i64),

@@ -208,7 +208,7 @@ unsafe extern "C-unwind" fn page_read(
     unsafe {
         while pg_sys::GetFlushRecPtr(std::ptr::null_mut()) < needed {
             if pg_sys::ShutdownRequestPending != 0 {
-                pg_sys::proc_exit(0);
+                exit_asked();
             }
             pgrx::check_for_interrupts!();
             pg_sys::WaitLatch(
@@ -221,6 +221,33 @@ unsafe extern "C-unwind" fn page_read(
         }
         pg_sys::ffi::pg_guard_ffi_boundary(|| read_local_xlog_page(state, target_page, req_len, target_rec, cur_page))
     }
+}
+
+/// Exits the worker, as asked (SIGTERM) while it waited for WAL or for
+/// room in a ring. PostgreSQL stops a slot's holder before it invalidates
+/// the slot, and a slot whose WAL is no longer reserved is being
+/// invalidated: then the log says so, and what to do. (The slot is
+/// released by PostgreSQL's exit callbacks.)
+pub fn exit_asked() -> ! {
+    // SAFETY: reads this process's own acquired slot (nobody else may
+    // change its restart point meanwhile).
+    unsafe {
+        let slot = pg_sys::MyReplicationSlot;
+        if !slot.is_null() {
+            let name = CStr::from_ptr((*slot).data.name.data.as_ptr()).to_string_lossy().into_owned();
+            let availability = pg_sys::GetWALAvailability((*slot).data.restart_lsn);
+            if matches!(
+                availability,
+                pg_sys::WALAvailability::WALAVAIL_UNRESERVED | pg_sys::WALAvailability::WALAVAIL_REMOVED
+            ) {
+                pgrx::log!(
+                    "pgcdc worker: stream \"{name}\" stops: {}",
+                    super::invalidated_remedy(&name, "wal_removed")
+                );
+            }
+        }
+    }
+    crate::majors::proc_exit(0)
 }
 
 /// The sink a decoding context writes to.

@@ -185,6 +185,12 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
                 pgrx::log!("pgcdc worker: slot \"{slot}\" does not exist in database \"{database}\"; stopping");
                 return;
             }
+            // Restarting would fail the same way: stop, and say what to do
+            // (cdc_status() says it too).
+            Ok(SlotState::Lost(why)) => {
+                pgrx::log!("pgcdc worker: stream \"{slot}\" stops: {}", invalidated_remedy(slot, &why));
+                return;
+            }
             Err(e) => pgrx::error!("pgcdc worker: looking up slot \"{slot}\": {e}"),
         }
     }
@@ -289,7 +295,36 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
         }
     }
     drop(session);
-    pgrx::log!("pgcdc worker: slot \"{slot}\" stopped");
+    match invalidation_under_way(slot) {
+        Some(why) => pgrx::log!("pgcdc worker: stream \"{slot}\" stops: {}", invalidated_remedy(slot, &why)),
+        None => pgrx::log!("pgcdc worker: slot \"{slot}\" stopped"),
+    }
+}
+
+/// Why the slot was invalidated, when that is what stopped the worker:
+/// PostgreSQL stops a slot's holder first and marks the slot once it is
+/// released, so a slot whose WAL was past keeping (`unreserved`) is
+/// watched for a second.
+fn invalidation_under_way(slot: &str) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let (status, why) = BackgroundWorker::transaction(|| {
+            Spi::connect(|client| {
+                let rows = client.select(
+                    &format!("SELECT wal_status, {SLOT_INVALIDATED} FROM pg_replication_slots s WHERE slot_name = $1"),
+                    None,
+                    &[slot.into()],
+                )?;
+                let Some(row) = rows.into_iter().next() else { return Ok((None, None)) };
+                Ok::<_, pgrx::spi::Error>((row.get::<String>(1)?, row.get::<String>(2)?))
+            })
+        })
+        .ok()?;
+        if why.is_some() || status.as_deref() != Some("unreserved") || Instant::now() >= deadline {
+            return why;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Drops replication slot `slot` if it exists (an ERROR if a process
@@ -318,24 +353,61 @@ fn take_stream_lock(slot: &str) -> Result<bool, pgrx::spi::Error> {
     })
 }
 
+/// Why replication slot `s` (a row of `pg_replication_slots`) can no
+/// longer stream, as PostgreSQL 17's `invalidation_reason` names it (NULL
+/// while it can): one SQL expression for every major (15 says so in
+/// `wal_status`, 16 also in `conflicting`; `to_jsonb` reads columns a
+/// major may lack). [`invalidated_remedy`] says it to people.
+pub const SLOT_INVALIDATED: &str = "coalesce(to_jsonb(s)->>'invalidation_reason',
+    CASE WHEN s.wal_status = 'lost' THEN 'wal_removed' WHEN to_jsonb(s)->>'conflicting' = 'true' THEN 'rows_removed' END)";
+
+/// An invalidation `reason` (as `invalidation_reason` names it) for people.
+pub fn invalidation_text(reason: &str) -> &str {
+    match reason {
+        "wal_removed" => "the WAL it needed was removed: its stream fell further behind than max_slot_wal_keep_size",
+        "rows_removed" => "catalog rows it needed were removed (a conflict with recovery)",
+        "wal_level_insufficient" => "wal_level was set below logical",
+        "idle_timeout" => "it was idle longer than idle_replication_slot_timeout",
+        other => other,
+    }
+}
+
+/// What happened to slot `slot`, invalidated for `reason` (as
+/// `invalidation_reason` names it), and what to do.
+pub fn invalidated_remedy(slot: &str, reason: &str) -> String {
+    let why = invalidation_text(reason);
+    format!(
+        "replication slot \"{slot}\" was invalidated ({why}), and the changes it had not streamed are gone from the WAL. \
+         Run cdc_auto_configure for the stream again: it makes a new slot and snapshots the stream's tables again"
+    )
+}
+
 enum SlotState {
     Free,
     Held,
     Missing,
+    /// Invalidated, and why.
+    Lost(String),
 }
 
 fn slot_holder(slot: &str) -> Result<SlotState, pgrx::spi::Error> {
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT active_pid IS NOT NULL FROM pg_replication_slots
-             WHERE slot_name = $1 AND database = current_database()",
+            &format!(
+                "SELECT active_pid IS NOT NULL, {SLOT_INVALIDATED} FROM pg_replication_slots s
+                 WHERE slot_name = $1 AND database = current_database()"
+            ),
             None,
             &[slot.into()],
         )?;
         if rows.is_empty() {
             return Ok(SlotState::Missing);
         }
-        Ok(if rows.first().get_one::<bool>()?.unwrap_or(false) { SlotState::Held } else { SlotState::Free })
+        let row = rows.first();
+        if let Some(why) = row.get::<String>(2)? {
+            return Ok(SlotState::Lost(why));
+        }
+        Ok(if row.get::<bool>(1)?.unwrap_or(false) { SlotState::Held } else { SlotState::Free })
     })
 }
 

@@ -479,9 +479,7 @@ impl Route {
                     pgrx::check_for_interrupts!();
                     // SAFETY: reading a flag the signal handler sets.
                     if unsafe { pg_sys::ShutdownRequestPending } != 0 {
-                        // SAFETY: exits like a backend does; the slot is
-                        // released by PostgreSQL's exit callbacks.
-                        unsafe { pg_sys::proc_exit(0) };
+                        super::decoding::exit_asked();
                     }
                 }
             }

@@ -175,6 +175,10 @@ fn status(conninfo: &str) -> Result<(), Box<dyn std::error::Error>> {
         "slot", "route", "worker", "slot lag", "lag s", "ring fill", "changes/s"
     );
     for s in client::status(conninfo)? {
+        if let Some(problem) = &s.problem {
+            println!("{:<16} {:<32} STOPPED: {problem}", s.slot, s.route);
+            continue;
+        }
         println!(
             "{:<16} {:<32} {:>8} {:>12} {:>9.3} {:>11.1}% {:>10}  {}{}",
             s.slot,
