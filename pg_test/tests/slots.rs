@@ -98,3 +98,43 @@ fn an_invalidated_slot_stops_the_stream_clearly_and_a_new_configure_rebuilds_it_
         "one log line for the invalidation"
     );
 }
+
+/// `failover => true` makes a failover slot on PostgreSQL 17 and later
+/// (kept when the stream is configured again, refused when asked unlike
+/// the slot), and is a clear error before 17.
+#[test]
+fn failover_slots_on_17_and_later_and_a_clear_refusal_before() {
+    let cluster = Cluster::start();
+    let mut client = cluster.database_with_pgcdc("fo");
+    client.batch_execute("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    let version: i32 = client.query_one("SELECT current_setting('server_version_num')::int", &[]).unwrap().get(0);
+    let asked = client.query("SELECT * FROM cdc_auto_configure('public.t', slot_name => 'fo', failover => true)", &[]);
+    if version < 170000 {
+        let error = asked.expect_err("no failover slots before 17");
+        let db = error.as_db_error().expect("a PostgreSQL error");
+        assert!(db.message().starts_with("failover slots need PostgreSQL 17 or later; this server runs"), "{db:?}");
+        assert!(db.hint().is_some_and(|h| h.contains("Leave failover false")), "{db:?}");
+        let made: i64 = client.query_one("SELECT count(*) FROM pg_replication_slots", &[]).unwrap().get(0);
+        assert_eq!(made, 0, "no slot was made");
+        return;
+    }
+    asked.expect("a failover slot");
+    let failover = |client: &mut postgres::Client| -> bool {
+        client.query_one("SELECT failover FROM pg_replication_slots WHERE slot_name = 'fo'", &[]).unwrap().get(0)
+    };
+    assert!(failover(&mut client));
+    // Configured again without saying: as it was made.
+    configure(&mut client, "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'fo')");
+    assert!(failover(&mut client));
+    let error = client
+        .query("SELECT * FROM cdc_auto_configure('public.t', slot_name => 'fo', failover => false)", &[])
+        .expect_err("a slot's failover property is fixed");
+    let db = error.as_db_error().unwrap();
+    assert_eq!(db.message(), "replication slot \"fo\" exists and is a failover slot");
+    assert!(db.hint().is_some_and(|h| h.contains("cdc_drop('fo')")), "{db:?}");
+    // A stream without failover makes an ordinary slot.
+    configure(&mut client, "SELECT * FROM cdc_auto_configure('public.t', slot_name => 'plain')");
+    let plain: bool =
+        client.query_one("SELECT failover FROM pg_replication_slots WHERE slot_name = 'plain'", &[]).unwrap().get(0);
+    assert!(!plain);
+}

@@ -41,6 +41,10 @@ pub struct Request {
     pub consumer: Option<String>,
     /// Whether tables that join the stream are snapshotted.
     pub snapshot: bool,
+    /// A failover slot (PostgreSQL 17+): synchronized to standbys that
+    /// `sync_replication_slots`, so a promoted one continues the stream.
+    /// None: as the stream's slot was made (not, for a new one).
+    pub failover: Option<bool>,
 }
 
 /// One route of a configured stream.
@@ -97,6 +101,7 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
         &[request.slot.as_str().into()],
     )?
     .is_some();
+    let failover = failover(&request, slot_plugin.is_some())?;
     let renewed = match (&slot_plugin, invalidated) {
         (Some(_), Some(why)) => {
             stop_worker(&request.slot)?;
@@ -132,12 +137,15 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
     }
 
     if slot_plugin.is_none() {
+        // Failover is the fifth argument, from PostgreSQL 17 on (asked for
+        // on an older server, check_failover refused).
+        let sql = if failover {
+            "SELECT pg_create_logical_replication_slot($1, 'wal2arrow', false, false, true)"
+        } else {
+            "SELECT pg_create_logical_replication_slot($1, 'wal2arrow')"
+        };
         Spi::connect(|client| {
-            client.select(
-                "SELECT pg_create_logical_replication_slot($1, 'wal2arrow')",
-                None,
-                &[request.slot.as_str().into()],
-            )?;
+            client.select(sql, None, &[request.slot.as_str().into()])?;
             Ok::<_, SqlError>(())
         })?;
         // Not transactional: should anything after it fail, the slot goes
@@ -214,6 +222,35 @@ pub fn auto_configure(request: Request) -> Result<Vec<Route>, SqlError> {
     }
     ensure_worker(&database, &request.slot)?;
     Ok(routes)
+}
+
+/// Whether the stream's slot is (to be) a failover slot: as asked, or as
+/// the existing slot was made (a slot made again after it was lost keeps
+/// it). Asked of a server before 17, or unlike the existing slot, it is an
+/// error.
+fn failover(request: &Request, slot_exists: bool) -> Result<bool, SqlError> {
+    let version: Option<i32> = lookup::optional("SELECT current_setting('server_version_num')::int", &[])?;
+    if version.unwrap_or(0) < 170000 {
+        if request.failover == Some(true) {
+            let shown: Option<String> = lookup::optional("SELECT current_setting('server_version')", &[])?;
+            return Err(SqlError::FailoverUnsupported(shown.unwrap_or_default()));
+        }
+        return Ok(false);
+    }
+    if !slot_exists {
+        return Ok(request.failover.unwrap_or(false));
+    }
+    let made: Option<bool> = lookup::optional(
+        "SELECT (to_jsonb(s)->>'failover')::bool FROM pg_replication_slots s WHERE slot_name = $1",
+        &[request.slot.as_str().into()],
+    )?;
+    let made = made.unwrap_or(false);
+    match request.failover {
+        Some(asked) if asked != made => {
+            Err(SqlError::FailoverMismatch(request.slot.clone(), if made { "" } else { "not " }))
+        }
+        _ => Ok(made),
+    }
 }
 
 /// After a stream's slot was made again: the snapshots the old one was

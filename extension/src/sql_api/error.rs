@@ -49,6 +49,10 @@ pub enum SqlError {
     NotInStream { slot: String, patterns: Vec<String>, nearest: Vec<String> },
     #[error("snapshot must be 'initial' or 'never', not '{0}'")]
     SnapshotMode(String),
+    #[error("failover slots need PostgreSQL 17 or later; this server runs {0}")]
+    FailoverUnsupported(String),
+    #[error("replication slot \"{0}\" exists and is {1}a failover slot")]
+    FailoverMismatch(String, &'static str),
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error(transparent)]
@@ -83,6 +87,8 @@ impl Report for SqlError {
             SqlError::NotOwner(_) | SqlError::NoCatalogAccess => ERRCODE_INSUFFICIENT_PRIVILEGE,
             SqlError::NotInStream { .. } => ERRCODE_UNDEFINED_TABLE,
             SqlError::SnapshotMode(_) => ERRCODE_INVALID_PARAMETER_VALUE,
+            SqlError::FailoverUnsupported(_) => ERRCODE_FEATURE_NOT_SUPPORTED,
+            SqlError::FailoverMismatch(..) => ERRCODE_FEATURE_NOT_SUPPORTED,
             SqlError::Snapshot(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             SqlError::Spi(_) => ERRCODE_INTERNAL_ERROR,
         }
@@ -101,6 +107,13 @@ impl Report for SqlError {
                 "'initial' delivers each table's existing rows before its changes; 'never' only the changes from now on."
                     .into(),
             ),
+            SqlError::FailoverUnsupported(_) => Some(
+                "Leave failover false: a standby then has no copy of the slot, and a stream configured again after a failover starts with a snapshot."
+                    .into(),
+            ),
+            SqlError::FailoverMismatch(slot, _) => Some(format!(
+                "A slot's failover property is fixed when it is made (PostgreSQL offers no SQL to change it): drop the stream with SELECT cdc_drop('{slot}') and configure it again, or ask as it was made."
+            )),
             SqlError::Partitions(_) => Some("Each partition is a ring that one consumer reads in parallel with the others.".into()),
             SqlError::WorkerDidNotStop(_) => Some("See pg_stat_activity for the worker, and try again.".into()),
             SqlError::Reshape { slot, .. } => Some(format!(

@@ -83,6 +83,7 @@ fn cdc_auto_configure_one(
     partitions: default!(i32, 1),
     consumer: default!(Option<&str>, "'default'"),
     snapshot: default!(&str, "'initial'"),
+    failover: default!(Option<bool>, "NULL"),
 ) -> TableIterator<
     'static,
     (name!(schema_name, String), name!(table_name, String), name!(route, String), name!(ring_path, String)),
@@ -97,6 +98,7 @@ fn cdc_auto_configure_one(
         partitions,
         consumer,
         snapshot,
+        failover,
     )
 }
 
@@ -111,6 +113,8 @@ fn cdc_auto_configure_one(
 /// tables that join the stream when it is run again. Running it again
 /// with the same arguments changes nothing; the table list may change,
 /// the routing (`route_by_table`, `partitions`, `publication_name`) may not.
+/// With `failover => true` (PostgreSQL 17+) the slot is a failover slot
+/// (NULL: as the stream's slot was made; false for a new one).
 #[pg_extern]
 #[allow(clippy::too_many_arguments)] // SQL's named arguments
 fn cdc_auto_configure(
@@ -123,6 +127,7 @@ fn cdc_auto_configure(
     partitions: default!(i32, 1),
     consumer: default!(Option<&str>, "'default'"),
     snapshot: default!(&str, "'initial'"),
+    failover: default!(Option<bool>, "NULL"),
 ) -> TableIterator<
     'static,
     (name!(schema_name, String), name!(table_name, String), name!(route, String), name!(ring_path, String)),
@@ -141,6 +146,7 @@ fn cdc_auto_configure(
             "never" => false,
             other => report::raise(&error::SqlError::SnapshotMode(other.to_owned())),
         },
+        failover,
     })
     .or_report();
     TableIterator::new(routes.into_iter().map(|r| (r.schema, r.table, r.route, r.ring_path)))
