@@ -103,18 +103,22 @@ fn publications_filter_tables_and_actions_like_pgoutput() {
             ("a".to_owned(), vec!["c".to_owned(), "u".to_owned()]),
             ("b".to_owned(), vec!["c".to_owned()]),
             ("d".to_owned(), vec!["c".to_owned()]),
-            ("parted_1".to_owned(), vec!["c".to_owned()]),
+            ("parted".to_owned(), vec!["c".to_owned()]),
         ],
-        "pb publishes inserts only; c is in no publication; a partition follows its root"
+        "pb publishes inserts only; c is in no publication; a partition follows its root, and is reported as it"
     );
     let everything = decode_batches(&mut client, "everything", &[]);
     let tables: Vec<String> = everything.iter().map(|b| b.schema().metadata()[contract::META_TABLE].clone()).collect();
-    assert_eq!(tables, ["a", "b", "c", "d", "parted_1"]);
+    assert_eq!(tables, ["a", "b", "c", "d", "parted"]);
     assert_eq!(ops(&everything[1]), ["c", "u", "d", "t"]);
 }
 
+/// A partition's changes are reported as its root's (DESIGN §2), through
+/// any publication or none; `partition_root = false` asks for pgoutput's
+/// rules: the partition's own name, unless the publication publishes
+/// through the root.
 #[test]
-fn partitions_publish_through_their_root_when_asked() {
+fn partitions_are_reported_as_their_root_unless_asked_otherwise() {
     let cluster = Cluster::start();
     let mut client = cluster.database_with_pgcdc("partitions");
     client
@@ -127,8 +131,9 @@ fn partitions_publish_through_their_root_when_asked() {
              CREATE PUBLICATION bypart FOR TABLE m;",
         )
         .unwrap();
-    create_slot(&mut client, "viaroot");
-    create_slot(&mut client, "bypart");
+    for slot in ["viaroot", "bypart", "unfiltered", "bypart_pgoutput", "viaroot_pgoutput"] {
+        create_slot(&mut client, slot);
+    }
     client
         .batch_execute(
             "INSERT INTO m VALUES (1, '2024-05-01', 'a'), (2, '2025-05-01', 'b');
@@ -136,17 +141,24 @@ fn partitions_publish_through_their_root_when_asked() {
         )
         .unwrap();
 
-    let root = decode_batches(&mut client, "viaroot", &[("publication_names", "viaroot")]);
-    assert_eq!(root.len(), 1, "both partitions' rows in the root's one batch");
-    let m = &root[0];
-    assert_eq!(m.schema().metadata()[contract::META_TABLE], "m");
-    let columns: Vec<String> = m.schema().fields().iter().skip(7).take(3).map(|f| f.name().clone()).collect();
-    assert_eq!(columns, ["id", "at", "v"], "the root's column order, whatever the partition's");
-    assert_eq!(ops(m), ["c", "c", "u", "t"]);
-    assert_eq!(ints(m, "id"), [Some(1), Some(2), Some(1), None]);
-    assert_eq!(strings(m, "v"), [Some("a".into()), Some("b".into()), Some("c".into()), None]);
+    let as_root = |slot: &str, options: &[(&str, &str)], client: &mut postgres::Client| {
+        let root = decode_batches(client, slot, options);
+        assert_eq!(root.len(), 1, "{slot}: both partitions' rows in the root's one batch");
+        let m = &root[0];
+        assert_eq!(m.schema().metadata()[contract::META_TABLE], "m");
+        let columns: Vec<String> = m.schema().fields().iter().skip(7).take(3).map(|f| f.name().clone()).collect();
+        assert_eq!(columns, ["id", "at", "v"], "{slot}: the root's column order, whatever the partition's");
+        assert_eq!(ops(m), ["c", "c", "u", "t"], "{slot}: one truncate, the root's");
+        assert_eq!(ints(m, "id"), [Some(1), Some(2), Some(1), None]);
+        assert_eq!(strings(m, "v"), [Some("a".into()), Some("b".into()), Some("c".into()), None]);
+    };
+    as_root("viaroot", &[("publication_names", "viaroot")], &mut client);
+    as_root("bypart", &[("publication_names", "bypart")], &mut client);
+    as_root("unfiltered", &[], &mut client);
+    as_root("viaroot_pgoutput", &[("publication_names", "viaroot"), ("partition_root", "false")], &mut client);
 
-    let parts = decode_batches(&mut client, "bypart", &[("publication_names", "bypart")]);
+    let parts =
+        decode_batches(&mut client, "bypart_pgoutput", &[("publication_names", "bypart"), ("partition_root", "false")]);
     let summary: Vec<(String, Vec<String>)> =
         parts.iter().map(|b| (b.schema().metadata()[contract::META_TABLE].clone(), ops(b))).collect();
     assert_eq!(

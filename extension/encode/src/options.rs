@@ -28,6 +28,10 @@ pub struct Options {
     pub flush_on_table_change: bool,
     pub flush_at_commit: bool,
     pub snapshot_markers: bool,
+    /// A partition's changes reported as its root table's (DESIGN §2);
+    /// off: as pgoutput does, under the partition's own name unless a
+    /// publication publishes it through its root.
+    pub partition_root: bool,
 }
 
 impl Default for Options {
@@ -40,6 +44,7 @@ impl Default for Options {
             flush_on_table_change: false,
             flush_at_commit: true,
             snapshot_markers: false,
+            partition_root: true,
         }
     }
 }
@@ -67,16 +72,25 @@ impl OptionError {
     /// What the user can do about it.
     pub fn hint(&self) -> String {
         match self {
-            OptionError::Unknown(_) | OptionError::Repeated(_) => {
-                "Known options: publication_names, include_before, batch_rows, batch_bytes, flush_on_table_change, flush_at_commit, snapshot_markers."
-                    .into()
-            }
+            OptionError::Unknown(_) | OptionError::Repeated(_) => format!("Known options: {}.", KNOWN.join(", ")),
             OptionError::Missing { .. } | OptionError::Invalid { .. } => {
                 "See the option table in the pgcdc README.".into()
             }
         }
     }
 }
+
+/// Every option's name.
+const KNOWN: [&str; 8] = [
+    "publication_names",
+    "include_before",
+    "batch_rows",
+    "batch_bytes",
+    "flush_on_table_change",
+    "flush_at_commit",
+    "snapshot_markers",
+    "partition_root",
+];
 
 impl Options {
     /// Parses `(name, value)` pairs; a `None` value is an option given
@@ -88,16 +102,7 @@ impl Options {
             if !seen.insert(name.to_owned()) {
                 return Err(OptionError::Repeated(name.to_owned()));
             }
-            let known = [
-                "publication_names",
-                "include_before",
-                "batch_rows",
-                "batch_bytes",
-                "flush_on_table_change",
-                "flush_at_commit",
-                "snapshot_markers",
-            ];
-            if !known.contains(&name) {
+            if !KNOWN.contains(&name) {
                 return Err(OptionError::Unknown(name.to_owned()));
             }
             let value = value.ok_or_else(|| OptionError::Missing { name: name.to_owned() })?;
@@ -111,13 +116,18 @@ impl Options {
                     let names = split_identifiers(value).map_err(|why| invalid(&why))?;
                     options.publication_names = Some(names);
                 }
-                "include_before" | "flush_on_table_change" | "flush_at_commit" | "snapshot_markers" => {
+                "include_before"
+                | "flush_on_table_change"
+                | "flush_at_commit"
+                | "snapshot_markers"
+                | "partition_root" => {
                     let flag =
                         parse_bool(value).ok_or_else(|| invalid("expected a boolean (true/false, on/off, 1/0)"))?;
                     match name {
                         "include_before" => options.include_before = flag,
                         "flush_on_table_change" => options.flush_on_table_change = flag,
                         "snapshot_markers" => options.snapshot_markers = flag,
+                        "partition_root" => options.partition_root = flag,
                         _ => options.flush_at_commit = flag,
                     }
                 }

@@ -17,7 +17,7 @@ use super::catalog::RelationPlan;
 use super::datum::{self, Read};
 use super::error::PluginError;
 use super::partition::Conversion;
-use super::publication::{Actions, Publications, Published};
+use super::publication::{unfiltered, Actions, Publications};
 use super::watermarks::{Delivered, Watermarks, Window};
 use crate::report::OrReport;
 use arrow_array::RecordBatch;
@@ -178,7 +178,7 @@ impl Decoder {
         };
         let watermarks = options.snapshot_markers.then(|| Watermarks::new(slot.to_owned(), snapshot_dir));
         Decoder {
-            publications: options.publication_names.as_deref().map(Publications::new),
+            publications: options.publication_names.as_deref().map(|n| Publications::new(n, options.partition_root)),
             options,
             sources: RelationMap::default(),
             targets: RelationMap::default(),
@@ -392,7 +392,7 @@ impl Decoder {
             let now = epoch();
             let published = match &mut self.publications {
                 Some(publications) => publications.published(relation, now),
-                None => Published { actions: Actions::ALL, as_ancestor: None },
+                None => unfiltered(relation, self.options.partition_root),
             };
             let ours = published.actions.allows(Op::Read) && published.as_ancestor.is_none();
             if ours {
@@ -577,7 +577,8 @@ impl Decoder {
             let published = match &mut self.publications {
                 // SAFETY: inside decoding, with an open relation.
                 Some(publications) => unsafe { publications.published(relation, now) },
-                None => Published { actions: Actions::ALL, as_ancestor: None },
+                // SAFETY: as above.
+                None => unsafe { unfiltered(relation, self.options.partition_root) },
             };
             if let Some(old) = self.sources.remove(&relid) {
                 if let Some(old_conversion) = old.conversion {

@@ -8,10 +8,14 @@
 //! than stopping the slot: a publication created after a change was made
 //! cannot stall decoding of that change forever.
 //!
-//! With `publish_via_partition_root`, a partition's changes are reported as
-//! those of its topmost published ancestor (the highest one when several
-//! publications disagree, as pgoutput decides). Not yet applied: row
-//! filters and column lists.
+//! A partition's changes are reported as those of its root table (DESIGN
+//! §2), with or without publications. With the plugin option
+//! `partition_root = false`, pgoutput's rules instead: under the
+//! partition's own name, unless a publication has
+//! `publish_via_partition_root`, which reports them as its topmost
+//! published ancestor's (the highest one when several publications
+//! disagree, as pgoutput decides). Not yet applied: row filters and column
+//! lists.
 
 use pgcdc_reader::contract::Op;
 use pgrx::pg_sys;
@@ -57,9 +61,40 @@ pub struct Published {
     pub as_ancestor: Option<pg_sys::Oid>,
 }
 
+/// What every table is decoded as without `publication_names`: all of
+/// its actions, and a partition's as its root's with `partition_root`.
+///
+/// # Safety
+/// As for [`Publications::published`].
+pub unsafe fn unfiltered(relation: pg_sys::Relation, partition_root: bool) -> Published {
+    // SAFETY: forwarded from the caller.
+    let root = if partition_root { unsafe { topmost_ancestor(relation) } } else { None };
+    Published { actions: Actions::ALL, as_ancestor: root.map(|(oid, _)| oid) }
+}
+
+/// The root of a partition, and how many levels up it is; None for a
+/// table that is no partition.
+///
+/// # Safety
+/// As for [`Publications::published`].
+unsafe fn topmost_ancestor(relation: pg_sys::Relation) -> Option<(pg_sys::Oid, i32)> {
+    // SAFETY: the relation is open; the list is palloc'd and only read.
+    unsafe {
+        if !(*(*relation).rd_rel).relispartition {
+            return None;
+        }
+        let ancestors = pg_sys::ffi::pg_guard_ffi_boundary(|| get_partition_ancestors((*relation).rd_id));
+        let length = (*ancestors).length;
+        // The topmost ancestor is the list's last element.
+        Some(((*(*ancestors).elements.add((length - 1) as usize)).oid_value, length))
+    }
+}
+
 /// The publications named by the `publication_names` option.
 pub struct Publications {
     names: Vec<CString>,
+    /// Partitions as their root (the `partition_root` option).
+    partition_root: bool,
     /// Loaded at this invalidation epoch.
     loaded: Option<(u64, Vec<Publication>)>,
     warned: HashSet<String>,
@@ -71,10 +106,10 @@ unsafe extern "C-unwind" {
 }
 
 impl Publications {
-    pub fn new(names: &[String]) -> Publications {
+    pub fn new(names: &[String], partition_root: bool) -> Publications {
         // Names come from a C string option, so they hold no NUL byte.
         let names = names.iter().filter_map(|n| CString::new(n.as_str()).ok()).collect();
-        Publications { names, loaded: None, warned: HashSet::new() }
+        Publications { names, partition_root, loaded: None, warned: HashSet::new() }
     }
 
     /// The actions decoded for `relation`, and whose name they carry.
@@ -103,6 +138,7 @@ impl Publications {
             } else {
                 std::ptr::null_mut()
             };
+            let root = topmost_ancestor(relation);
             let partitioned = form.relkind as u8 == pg_sys::RELKIND_PARTITIONED_TABLE;
             let mut actions = Actions::NONE;
             let mut as_ancestor: Option<(pg_sys::Oid, i32)> = None;
@@ -113,10 +149,7 @@ impl Publications {
                 let mut ancestor = None;
                 if !ancestors.is_null() {
                     if publication.all_tables {
-                        // The topmost ancestor is the list's last element.
-                        let length = (*ancestors).length;
-                        let last = (*(*ancestors).elements.add((length - 1) as usize)).oid_value;
-                        ancestor = Some((last, length));
+                        ancestor = root;
                     } else {
                         let mut level = 0;
                         let top = pg_sys::GetTopMostAncestorInPublication(publication.oid, ancestors, &mut level);
@@ -125,13 +158,17 @@ impl Publications {
                             ancestor = Some((top, level));
                         }
                     }
+                    if self.partition_root {
+                        ancestor = root;
+                    }
                 }
+                let via_root = publication.via_root || self.partition_root;
                 // A partitioned table's own changes (TRUNCATE) count only
                 // when publishing through the root, as in pgoutput.
-                if !covered || (partitioned && !publication.via_root) {
+                if !covered || (partitioned && !via_root) {
                     continue;
                 }
-                if publication.via_root {
+                if via_root {
                     if let Some((oid, level)) = ancestor {
                         if as_ancestor.is_none_or(|(_, best)| level > best) {
                             as_ancestor = Some((oid, level));
