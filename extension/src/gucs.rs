@@ -54,7 +54,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"pgcdc.linger",
         c"Microseconds the worker may hold rows to batch them with later transactions.",
-        c"Applies only while the worker is busy; once it has caught up with the WAL it flushes at once.",
+        c"A busy stream's batches go out at least this far apart; rows after a quiet moment go out at once.",
         &LINGER_US,
         0,
         1_000_000,

@@ -71,3 +71,50 @@ pub fn proc_exit(code: i32) -> ! {
     unsafe { pg_sys::proc_exit(code) };
     unreachable!("proc_exit returned")
 }
+
+/// Sleeps until WAL past `past` is flushed, `timeout` passes, or (before
+/// PostgreSQL 16) the latch is set. From 16 on, every WAL flush broadcasts
+/// the condition variable walsenders wait on, so a worker waiting on it
+/// wakes as a walsender does; before, and without walsenders
+/// (`max_wal_senders = 0`, which stops the broadcasts), it can only poll.
+#[cfg_attr(feature = "pg15", allow(unused_variables))] // `past`: 15 only polls
+pub fn wait_for_flush(past: pg_sys::XLogRecPtr, timeout: std::time::Duration) {
+    let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX).max(1);
+    #[cfg(not(feature = "pg15"))]
+    // SAFETY: WalSndCtl lives in shared memory from startup; a process
+    // prepares to sleep on the variable, checks, sleeps and cancels, as
+    // WalSndWait does.
+    unsafe {
+        if pg_sys::max_wal_senders > 0 {
+            let cv = &raw mut (*pg_sys::WalSndCtl).wal_flush_cv;
+            pg_sys::ConditionVariablePrepareToSleep(cv);
+            if pg_sys::GetFlushRecPtr(std::ptr::null_mut()) <= past {
+                pg_sys::ConditionVariableTimedSleep(cv, timeout_ms, pg_sys::PG_WAIT_EXTENSION);
+            }
+            pg_sys::ConditionVariableCancelSleep();
+            return;
+        }
+    }
+    // SAFETY: waiting on this process's own latch.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            timeout_ms,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+}
+
+/// Whether [`wait_for_flush`] is woken by WAL flushes (rather than only
+/// polling).
+pub fn flush_wakes() -> bool {
+    #[cfg(feature = "pg15")]
+    return false;
+    #[cfg(not(feature = "pg15"))]
+    // SAFETY: reading a setting fixed at server start.
+    unsafe {
+        pg_sys::max_wal_senders > 0
+    }
+}

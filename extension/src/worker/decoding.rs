@@ -9,6 +9,7 @@ use super::sink::Sink;
 use pgrx::pg_guard;
 use pgrx::pg_sys;
 use std::ffi::{CStr, CString};
+use std::time::Duration;
 
 unsafe extern "C-unwind" {
     /// `replication/decode.h`, not in pgrx's bindings.
@@ -211,13 +212,8 @@ unsafe extern "C-unwind" fn page_read(
                 exit_asked();
             }
             pgrx::check_for_interrupts!();
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                1,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
+            let wakes = crate::majors::flush_wakes();
+            crate::majors::wait_for_flush(needed - 1, Duration::from_millis(if wakes { 100 } else { 1 }));
         }
         pg_sys::ffi::pg_guard_ffi_boundary(|| read_local_xlog_page(state, target_page, req_len, target_rec, cur_page))
     }

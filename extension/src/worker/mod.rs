@@ -36,8 +36,12 @@ const CONFIRM_EVERY: Duration = Duration::from_millis(50);
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// WAL records decoded between checks of the linger time.
 const PUMP_RECORDS: usize = 256;
-/// Longest sleep when no WAL arrives (the first one is a millisecond).
+/// Longest sleep when no WAL arrives, where the worker polls for it (the
+/// first one is a millisecond).
 const MAX_IDLE_SLEEP: Duration = Duration::from_millis(10);
+/// Longest sleep when no WAL arrives, where a flush wakes the worker: the
+/// slot's confirmation and the rings' heartbeats go on meanwhile.
+const WOKEN_WAIT: Duration = Duration::from_millis(100);
 
 /// Starts the worker of stream `slot` in `database`.
 pub fn start(database: &str, slot: &str) -> Result<(), String> {
@@ -239,17 +243,30 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
     let mut last_confirm = Instant::now();
     let mut last_save = Instant::now();
     let mut idle = Duration::from_millis(1);
-    // When the oldest row waiting in an open batch was decoded.
+    // When the oldest row waiting in an open batch was decoded, and when
+    // the last batches went out.
     let mut holding_since: Option<Instant> = None;
+    let mut last_flush = Instant::now() - gucs::linger();
     loop {
         let read = session.pump(PUMP_RECORDS);
-        // Batches span transactions while the WAL keeps coming, for at most
-        // the linger time; once caught up, everything goes out at once.
+        // A busy stream's batches go out at least the linger time apart
+        // (woken by every flush, the worker would otherwise write a frame
+        // per commit, and a Python reader of 10 000 commits a second fell a
+        // second behind); rows after a quiet moment go out at once, and
+        // none waits longer than the linger time.
         if session.has_pending() {
             let since = *holding_since.get_or_insert_with(Instant::now);
-            if read < PUMP_RECORDS || since.elapsed() >= gucs::linger() {
+            let linger = gucs::linger();
+            let caught_up = read < PUMP_RECORDS;
+            if since.elapsed() >= linger || (caught_up && last_flush.elapsed() >= linger) {
                 session.flush();
                 holding_since = None;
+                last_flush = Instant::now();
+            } else if caught_up {
+                // More WAL may come before the batch is due.
+                let due = (last_flush + linger).min(since + linger);
+                crate::majors::wait_for_flush(session.decoded_upto(), due.saturating_duration_since(Instant::now()));
+                continue;
             }
         } else {
             session.sink_mut().flushed();
@@ -285,7 +302,11 @@ pub extern "C-unwind" fn pgcdc_stream_worker_main(_arg: pg_sys::Datum) {
             }
             continue;
         }
-        if !BackgroundWorker::wait_latch(Some(idle)) {
+        // Woken by the next WAL flush where the server wakes waiters (16
+        // and later), else polling, less often the longer nothing comes.
+        let wait = if crate::majors::flush_wakes() { WOKEN_WAIT } else { idle };
+        crate::majors::wait_for_flush(session.decoded_upto(), wait);
+        if BackgroundWorker::sigterm_received() {
             break;
         }
         idle = (idle * 2).min(MAX_IDLE_SLEEP);
