@@ -332,6 +332,7 @@ pub struct Row<'b> {
 }
 
 impl Row<'_> {
+    #[inline]
     fn column(&mut self, image: Image, index: usize) -> Option<&mut Column> {
         match image {
             Image::New => self.batch.columns.get_mut(index),
@@ -348,6 +349,7 @@ impl Row<'_> {
 
     /// Appends a scalar value; a refused value becomes a null (the caller
     /// then records its text with [`Row::unmapped`]).
+    #[inline]
     pub fn value(&mut self, image: Image, index: usize, value: Stored<'_>) -> Result<(), PushError> {
         let variable = if self.batch.variable.get(index) == Some(&true) { value.byte_len() } else { 0 };
         self.batch.bytes += self.batch.widths.get(index).copied().unwrap_or(0) + variable;
@@ -378,6 +380,7 @@ impl Row<'_> {
     }
 
     /// Appends a SQL NULL.
+    #[inline]
     pub fn null(&mut self, image: Image, index: usize) {
         self.batch.bytes += self.batch.widths.get(index).copied().unwrap_or(0);
         if let Some(c) = self.column(image, index) {

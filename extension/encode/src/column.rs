@@ -140,6 +140,54 @@ impl ScalarColumn {
     /// Appends a value, or a null and the reason it was refused.
     #[inline]
     pub fn push(&mut self, stored: Stored<'_>) -> Result<(), PushError> {
+        // The common types go straight from the stored value into their
+        // builder, in one match; the rest convert to a cell first.
+        match (&mut self.store, stored) {
+            (Store::I64(b), Stored::Word(w)) => {
+                b.append_value(w as i64);
+                return Ok(());
+            }
+            (Store::I32(b), Stored::Word(w)) => {
+                b.append_value(w as i32);
+                return Ok(());
+            }
+            (Store::I16(b), Stored::Word(w)) => {
+                b.append_value(w as i16);
+                return Ok(());
+            }
+            (Store::F64(b), Stored::Word(w)) => {
+                b.append_value(f64::from_bits(w));
+                return Ok(());
+            }
+            (Store::Bool(b), Stored::Word(w)) => {
+                b.append_value(w != 0);
+                return Ok(());
+            }
+            (Store::Ts(b), Stored::Word(w)) => {
+                if let Some(ts) = datetime::timestamp(w as i64) {
+                    b.append_value(ts);
+                    return Ok(());
+                }
+            }
+            (Store::Binary(b), Stored::Bytes(bytes)) => {
+                b.append_value(bytes);
+                return Ok(());
+            }
+            (Store::Fixed(b), Stored::Bytes(bytes)) if bytes.len() == 16 => {
+                if b.append_value(bytes).is_ok() {
+                    return Ok(());
+                }
+            }
+            (Store::Utf8(b), Stored::Bytes(bytes))
+                if matches!(self.scalar, Scalar::Text | Scalar::Json | Scalar::Jsonb | Scalar::Enum | Scalar::Other) =>
+            {
+                if let Ok(text) = std::str::from_utf8(bytes) {
+                    b.append_value(text);
+                    return Ok(());
+                }
+            }
+            _ => {}
+        }
         match self.cell(stored) {
             Ok(cell) => {
                 self.append(cell);
@@ -153,7 +201,24 @@ impl ScalarColumn {
     }
 
     pub fn push_null(&mut self) {
-        self.push_nulls(1);
+        match &mut self.store {
+            Store::Bool(b) => b.append_null(),
+            Store::I16(b) => b.append_null(),
+            Store::I32(b) => b.append_null(),
+            Store::I64(b) => b.append_null(),
+            Store::U32(b) => b.append_null(),
+            Store::F32(b) => b.append_null(),
+            Store::F64(b) => b.append_null(),
+            Store::D128(b) => b.append_null(),
+            Store::D256(b) => b.append_null(),
+            Store::Utf8(b) => b.append_null(),
+            Store::Binary(b) => b.append_null(),
+            Store::Date(b) => b.append_null(),
+            Store::Time(b) => b.append_null(),
+            Store::Ts(b) => b.append_null(),
+            Store::Interval(b) => b.append_null(),
+            Store::Fixed(b) => b.append_null(),
+        }
     }
 
     pub fn push_nulls(&mut self, n: usize) {
@@ -435,8 +500,12 @@ impl Column {
         }
     }
 
+    #[inline]
     pub fn push_null(&mut self) {
-        self.push_nulls(1);
+        match self {
+            Column::Scalar(c) => c.push_null(),
+            Column::List(c) => c.push_null(),
+        }
     }
 
     pub fn push_nulls(&mut self, n: usize) {
