@@ -179,7 +179,10 @@ impl ScalarColumn {
                 }
             }
             (Store::Utf8(b), Stored::Bytes(bytes))
-                if matches!(self.scalar, Scalar::Text | Scalar::Json | Scalar::Jsonb | Scalar::Enum | Scalar::Other) =>
+                if matches!(
+                    self.scalar,
+                    Scalar::Text | Scalar::Json | Scalar::Jsonb | Scalar::Enum | Scalar::Other
+                ) =>
             {
                 if let Ok(text) = std::str::from_utf8(bytes) {
                     b.append_value(text);
